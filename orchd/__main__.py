@@ -1,0 +1,3 @@
+from orchd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,57 @@
+"""What every route family shares: the state, JSON answers, and reading a JSON body."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from aiohttp import web
+
+from orchd.errors import ProblemError
+from orchd.state import STATE, GatewayState, stamp
+
+__all__ = ("get_state", "json_answer", "read_json", "stamped")
+
+MAX_JSON_BODY = 1024 * 1024
+
+
+def get_state(request: web.Request) -> GatewayState:
+    return request.app[STATE]
+
+
+def _dumps(data: Any) -> str:
+    return json.dumps(data, default=str)
+
+
+def json_answer(data: Any, status: int = 200, headers: dict[str, str] | None = None
+                ) -> web.Response:
+    return web.json_response(data, status=status, headers=headers, dumps=_dumps)
+
+
+def stamped(data: dict[str, Any], status: int = 200) -> web.Response:
+    """A JSON answer with ``timestamp`` and ``timestamp_iso``."""
+    return json_answer(stamp(data), status)
+
+
+async def read_json(request: web.Request, *, required: bool = True) -> Any:
+    """The request's JSON body; a problem answer names what is wrong with it."""
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise ProblemError(413, "Request body too large",
+                           f"the body is {request.content_length} bytes; "
+                           f"the limit for admin calls is {MAX_JSON_BODY}")
+    raw = await request.content.read(MAX_JSON_BODY + 1)
+    if len(raw) > MAX_JSON_BODY:
+        raise ProblemError(413, "Request body too large",
+                           f"the limit for admin calls is {MAX_JSON_BODY} bytes")
+    if not raw.strip():
+        if required:
+            raise ProblemError(400, "Missing body", "this call needs a JSON body")
+        return None
+    try:
+        return json.loads(raw)
+    except UnicodeDecodeError:
+        raise ProblemError(400, "Malformed JSON", "the body is not UTF-8 text") from None
+    except json.JSONDecodeError as exc:
+        raise ProblemError(400, "Malformed JSON",
+                           f"the body is not valid JSON: {exc.msg} at line {exc.lineno} "
+                           f"column {exc.colno}") from None

@@ -1,0 +1,101 @@
+"""The one boundary where errors become answers, and the admin trust check on TCP."""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+
+from orchd.errors import ConfigError, ProblemError
+from orchd.log import server_logger
+from orchd.router import PREFIX
+from orchd.state import STATE
+
+__all__ = ("admin_auth_middleware", "problem_middleware", "problem_response")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+PROBLEM_TYPE = "application/problem+json"
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+
+def problem_response(exc: ProblemError, request: web.Request | None = None) -> web.Response:
+    import json  # noqa: PLC0415
+
+    instance = request.path if request is not None else None
+    body = json.dumps(exc.body(instance), default=str)
+    resp = web.Response(status=exc.status, text=body, content_type=PROBLEM_TYPE,
+                        headers=dict(exc.headers))
+    return resp
+
+
+def _from_http(exc: web.HTTPException) -> ProblemError:
+    headers = {k: v for k, v in exc.headers.items()
+               if k.lower() in ("allow", "retry-after", "www-authenticate")}
+    detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else exc.reason
+    if exc.status == 404:
+        detail = "no such route"
+    elif exc.status == 405:
+        detail = f"method not allowed here; allowed: {headers.get('Allow', '')}"
+    elif exc.status == 413:
+        detail = "request body too large"
+    return ProblemError(exc.status, exc.reason, detail, headers=headers)
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ProblemError as exc:
+        return problem_response(exc, request)
+    except ConfigError as exc:
+        return problem_response(ProblemError(422, "Validation failed", exc.summary(),
+                                             errors=exc.errors), request)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_response(_from_http(exc), request)
+    except (ConnectionResetError, TimeoutError) as exc:
+        # TimeoutError here is a bug or a client that went away; neither has an answer.
+        if isinstance(exc, TimeoutError):
+            server_logger.warning("%s %s: timed out", request.method, request.path)
+        raise
+    except Exception:
+        server_logger.exception("%s %s failed", request.method, request.path)
+        return problem_response(ProblemError(500, "Internal Server Error",
+                                             "the gateway failed to handle this request; "
+                                             "see its log"), request)
+
+
+def _is_loopback(remote: str | None) -> bool:
+    if not remote:
+        return False
+    try:
+        return ipaddress.ip_address(remote.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+@web.middleware
+async def admin_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """TCP only: every method but GET/HEAD outside /orchestrator/ is an admin call."""
+    if request.method in _SAFE_METHODS or request.path.startswith(PREFIX):
+        return await handler(request)
+    token = request.app[STATE].admin_token
+    if token:
+        auth = request.headers.get("Authorization", "")
+        scheme, _, given = auth.partition(" ")
+        if scheme.lower() != "bearer" or not given:
+            raise ProblemError(401, "Unauthorized",
+                               "admin calls need 'Authorization: Bearer <admin_token>'",
+                               headers={"WWW-Authenticate": 'Bearer realm="orchd-admin"'})
+        if not hmac.compare_digest(given.strip().encode(), token.encode()):
+            raise ProblemError(403, "Forbidden", "the admin token is wrong")
+        return await handler(request)
+    if not _is_loopback(request.remote):
+        raise ProblemError(403, "Forbidden",
+                           "no server.admin_token is set, so admin calls are accepted "
+                           "only from loopback clients")
+    return await handler(request)

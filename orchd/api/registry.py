@@ -1,0 +1,200 @@
+"""``/registry/*``: list, register, replace, remove endpoints and set administrative state."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from orchd.api.common import get_state, read_json, stamped
+from orchd.errors import ConfigError, FieldError, ProblemError
+from orchd.loader import validate_registration
+from orchd.router import Route
+from orchd.target import ACTIVE, DRAINING
+from orchd.watcher import Drain, Register, Remove, Replace, SetStatus
+
+__all__ = ("routes",)
+
+routes = web.RouteTableDef()
+
+_STATUSES = ("active", "disabled", "unhealthy", "draining", "inactive")
+
+
+def _route(request: web.Request) -> Route:
+    name = request.match_info["id"]
+    route = get_state(request).registry.snapshot.routes.get(name)
+    if route is None:
+        raise ProblemError(404, "Endpoint not found", f"no endpoint named {name!r} is registered")
+    return route
+
+
+def _int_param(request: web.Request, key: str, default: int, lo: int, hi: int) -> int:
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = lo - 1
+    if not lo <= value <= hi:
+        raise ProblemError(400, "Invalid query parameter",
+                           f"{key} must be a whole number from {lo} to {hi}, not {raw!r}",
+                           errors=[FieldError(key, f"must be a whole number from {lo} to {hi}")])
+    return value
+
+
+def _bool_param(request: web.Request, key: str, default: bool) -> bool:
+    raw = request.query.get(key)
+    if raw is None:
+        return default
+    low = raw.lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ProblemError(400, "Invalid query parameter", f"{key} must be true or false, not {raw!r}",
+                       errors=[FieldError(key, "must be true or false")])
+
+
+@routes.get("/registry/endpoints")
+async def list_endpoints(request: web.Request) -> web.Response:
+    state = get_state(request)
+    status = request.query.get("status")
+    if status is not None and status not in _STATUSES:
+        raise ProblemError(400, "Invalid query parameter",
+                           f"status must be one of {', '.join(_STATUSES)}, not {status!r}",
+                           errors=[FieldError("status", "unknown status")])
+    include_disabled = _bool_param(request, "include_disabled", True)
+    limit = _int_param(request, "limit", 100, 1, 10000)
+    offset = _int_param(request, "offset", 0, 0, 10**9)
+    routes_ = list(state.registry.snapshot.routes.values())
+    rows = [r.as_dict() for r in routes_]
+    counts = {
+        "total_count": len(rows),
+        "active_count": sum(1 for r in rows if r["status"] == "active"),
+        "unhealthy_count": sum(1 for r in rows if r["status"] == "unhealthy"),
+        "disabled_count": sum(1 for r in rows if r["status"] == "disabled"),
+    }
+    if not include_disabled:
+        rows = [r for r in rows if r["status"] != "disabled"]
+    if status == "inactive":
+        rows = [r for r in rows if r["status"] != "active"]
+    elif status is not None:
+        rows = [r for r in rows if r["status"] == status]
+    matched = len(rows)
+    return stamped({"endpoints": rows[offset:offset + limit], **counts,
+                    "matched_count": matched, "limit": limit, "offset": offset,
+                    "revision": state.registry.revision})
+
+
+@routes.post("/registry/endpoints")
+async def register(request: web.Request) -> web.Response:
+    state = get_state(request)
+    body = await read_json(request)
+    spec = validate_registration(body)
+    assert state.changes is not None
+    result = await state.changes.submit(Register(spec))
+    return stamped({"success": True,
+                    "message": f"endpoint {spec.name!r} registered",
+                    **result}, 201)
+
+
+@routes.get("/registry/endpoints/{id}")
+async def get_endpoint(request: web.Request) -> web.Response:
+    route = _route(request)
+    data = route.as_dict()
+    data["config"] = route.spec.as_document()
+    return stamped(data)
+
+
+@routes.put("/registry/endpoints/{id}")
+async def replace(request: web.Request) -> web.Response:
+    state = get_state(request)
+    name = request.match_info["id"]
+    body = await read_json(request)
+    spec = validate_registration(body)
+    if spec.name != name:
+        raise ConfigError([FieldError("config.name",
+                                      f"{spec.name!r} does not match the path's {name!r}")])
+    assert state.changes is not None
+    result = await state.changes.submit(Replace(spec))
+    return stamped({"success": True, "message": f"endpoint {name!r} replaced", **result})
+
+
+@routes.delete("/registry/endpoints/{id}")
+async def remove(request: web.Request) -> web.Response:
+    state = get_state(request)
+    name = request.match_info["id"]
+    assert state.changes is not None
+    result = await state.changes.submit(Remove(name))
+    return stamped({"success": True, "message": f"endpoint {name!r} removed", **result})
+
+
+@routes.put("/registry/endpoints/{id}/status")
+async def set_status(request: web.Request) -> web.Response:
+    state = get_state(request)
+    name = request.match_info["id"]
+    status = request.query.get("status")
+    if status is None:
+        body = await read_json(request)
+        if not isinstance(body, dict) or not isinstance(body.get("status"), str):
+            raise ConfigError([FieldError("status",
+                                          "the body must be {\"status\": \"active\"|\"disabled\"}")])
+        extra = sorted(set(body) - {"status"})
+        if extra:
+            raise ConfigError([FieldError(extra[0], f"unknown key {extra[0]!r}")])
+        status = body["status"]
+    assert state.changes is not None
+    result = await state.changes.submit(SetStatus(name, status))
+    return stamped({"success": True, "message": f"endpoint {name!r} is {status}", **result})
+
+
+async def _target_body(request: web.Request) -> str | None:
+    body = await read_json(request, required=False)
+    if body is None:
+        return None
+    if not isinstance(body, dict):
+        raise ConfigError([FieldError("", "the body must be an object such as {\"url\": ...}")])
+    extra = sorted(set(body) - {"url"})
+    if extra:
+        raise ConfigError([FieldError(extra[0], f"unknown key {extra[0]!r}")])
+    url = body.get("url")
+    if url is not None and not isinstance(url, str):
+        raise ConfigError([FieldError("url", "must be a string")])
+    return url
+
+
+async def _admin_state(request: web.Request, new: str) -> web.Response:
+    state = get_state(request)
+    name = request.match_info["id"]
+    url = await _target_body(request)
+    assert state.changes is not None
+    result: dict[str, Any] = await state.changes.submit(Drain(name, url, new))
+    what = f"target {url}" if url else "every target"
+    verb = "draining" if new == DRAINING else "active"
+    return stamped({"success": True, "message": f"{name}: {what} {verb}", **result})
+
+
+@routes.post("/registry/endpoints/{id}/drain")
+async def drain(request: web.Request) -> web.Response:
+    return await _admin_state(request, DRAINING)
+
+
+@routes.post("/registry/endpoints/{id}/enable")
+async def enable(request: web.Request) -> web.Response:
+    return await _admin_state(request, ACTIVE)
+
+
+@routes.get("/registry/stats")
+async def stats(request: web.Request) -> web.Response:
+    state = get_state(request)
+    return stamped({
+        "registry_stats": state.registry.stats(),
+        "revision": state.registry.revision,
+        "store": {"type": state.store.name,
+                  "status": "degraded" if state.store_degraded else "ok",
+                  "error": state.store_degraded},
+    })
+
+
+

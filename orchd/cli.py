@@ -1,0 +1,117 @@
+"""``orchd``: flags, logging set-up and exit codes; the daemon itself is in orchd.daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from orchd import __version__
+from orchd.errors import ConfigError
+from orchd.loader import load_config
+from orchd.model import Config
+from orchd.settings import LOG_LEVELS, Overrides, apply_overrides, find_config
+
+__all__ = ("EXIT_CONFIG", "EXIT_OK", "EXIT_STARTUP", "EXIT_USAGE", "main")
+
+EXIT_OK = 0
+EXIT_CONFIG = 1
+EXIT_USAGE = 2
+EXIT_STARTUP = 3
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": self.formatTime(record), "level": record.levelname,
+               "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def configure_logging(level: str, fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
+    logging.getLogger("orchd").setLevel(level)
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="orchd", description="Orchestrator API gateway daemon.",
+        epilog="Environment: CONFIG_PATH, HOST, PORT, LOG_LEVEL, ORCHD_STATE_DIR, "
+               "ORCHD_CONTROL_SOCKET. Signals: TERM/INT stop gracefully, HUP reloads, "
+               "USR1 reopens log files.")
+    p.add_argument("-c", "--config", help="configuration file (default: $CONFIG_PATH, "
+                   "/etc/orchd/orchestrator.yaml, ./etc/orchestrator.yaml)")
+    p.add_argument("--host", help="listen address (overrides server.host)")
+    p.add_argument("--port", type=int, help="listen port (overrides server.port)")
+    p.add_argument("--log-level", type=str.upper, choices=LOG_LEVELS,
+                   help="log level (overrides log_level)")
+    p.add_argument("--state-dir", help="state directory (overrides server.state_dir)")
+    p.add_argument("--control-socket",
+                   help="control socket path, or 'none' (overrides server.control_socket)")
+    p.add_argument("-t", "--check", action="store_true",
+                   help="validate the configuration and exit (0 valid, 1 invalid)")
+    p.add_argument("-V", "--version", action="version", version=f"orchd {__version__}")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.port is not None and not 0 <= args.port <= 65535:
+        print(f"orchd: --port {args.port} is not a port number (0-65535)", file=sys.stderr)
+        return EXIT_USAGE
+    path = find_config(args.config, os.environ)
+    try:
+        config = load_config(path) if path else Config()
+        flags = Overrides(args.host, args.port, args.log_level, args.state_dir,
+                          args.control_socket)
+        config, boot = apply_overrides(config, flags)
+    except ConfigError as exc:
+        print(f"orchd: configuration invalid: {exc.source or path}", file=sys.stderr)
+        for error in exc.errors:
+            print(f"  {error}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check:
+        for warning in config.warnings:
+            print(f"orchd: warning: {path}: {warning}", file=sys.stderr)
+        print(f"orchd: configuration {path or '(defaults)'} is valid "
+              f"({len(config.endpoints)} endpoints)")
+        return EXIT_OK
+    configure_logging(config.log_level, config.server.log_format)
+    if path is None:
+        logging.getLogger("orchd.config").warning(
+            "no configuration file found; starting with defaults and no endpoints")
+    return _run(config, boot, path)
+
+
+def _run(config: Config, boot: object, path: str | None) -> int:
+    from orchd.daemon import Daemon, StartupError  # noqa: PLC0415 - keep --check light
+
+    daemon = Daemon(config, boot, path)  # type: ignore[arg-type]
+    try:
+        import uvloop  # noqa: PLC0415
+
+        factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS
+        factory = None
+    try:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            return runner.run(daemon.run())
+    except StartupError as exc:
+        logging.getLogger("orchd.server").error("cannot start: %s", exc)
+        print(f"orchd: cannot start: {exc}", file=sys.stderr)
+        return EXIT_STARTUP
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        return 1

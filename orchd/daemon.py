@@ -1,0 +1,296 @@
+"""The composition root: builds every part, wires them, runs until told to stop, stops.
+
+Lifecycle: load the store -> build the registry -> start health checks and the change
+consumer -> open the listeners -> READY. On SIGTERM (or /control/stop): readiness turns 503,
+listeners close, in-flight requests finish within ``shutdown_timeout``, the socket is removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import grp
+import logging
+import os
+import signal
+import socket
+import stat
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+
+from orchd import __version__, systemd
+from orchd.accesslog import AccessLogger, JsonAccessLogger
+from orchd.api import build_control_app, build_public_app
+from orchd.balancer import RetryBudget
+from orchd.errors import ConfigError, StoreError
+from orchd.events import EventBus
+from orchd.health import HealthChecker
+from orchd.loader import validate_endpoint
+from orchd.log import access_logger, server_logger
+from orchd.model import Config, ServerSettings
+from orchd.proxy import Proxy
+from orchd.registry import Registry
+from orchd.sources import ConfigWatcher
+from orchd.state import GatewayState
+from orchd.store import Store
+from orchd.store.file import FileStore
+from orchd.target import TargetPool
+from orchd.watcher import ChangeConsumer, Reload
+
+__all__ = ("Daemon", "StartupError")
+
+
+class StartupError(Exception):
+    """orchd cannot start; the message says why."""
+
+
+def make_store(config: Config) -> Store:
+    if config.registry.store == "etcd":
+        from orchd.store.etcd import EtcdStore  # noqa: PLC0415 - optional dependency path
+
+        return EtcdStore(config.registry.etcd_endpoints, config.registry.etcd_prefix)
+    return FileStore(config.server.state_dir)
+
+
+def _check_socket_path(path: Path) -> None:
+    """Refuse a socket a live orchd answers on; remove a stale one."""
+    if len(os.fsencode(path)) > 107:
+        raise StartupError(f"control socket path {path} is longer than 107 bytes")
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise StartupError(f"control socket path {path} exists and is not a socket")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(os.fspath(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        server_logger.info("removing stale control socket %s", path)
+        path.unlink(missing_ok=True)
+        return
+    except OSError as exc:
+        raise StartupError(f"control socket {path}: {exc.strerror}") from None
+    finally:
+        probe.close()
+    raise StartupError(f"another orchd is running on the control socket {path}; "
+                       "stop it first (orchctl stop) or set server.control_socket")
+
+
+class Daemon:
+    def __init__(self, config: Config, boot: ServerSettings, config_path: str | None) -> None:
+        self.config = config
+        self.boot = boot
+        self.config_path = config_path
+        self.stop_event = asyncio.Event()
+        self._runners: list[web.BaseRunner] = []
+        self._socket_path: Path | None = None
+        self._watcher: ConfigWatcher | None = None
+        self._force = False
+
+    async def run(self) -> int:
+        state = await self._build()
+        try:
+            await self._serve(state)
+            await self.stop_event.wait()
+        finally:
+            await self._shutdown(state)
+        return 0
+
+    # -- build
+
+    async def _build(self) -> GatewayState:
+        config = self.config
+        store = make_store(config)
+        try:
+            stored = await store.load()
+        except StoreError as exc:
+            raise StartupError(str(exc)) from None
+        bus = EventBus()
+        pool = TargetPool(bus)
+        registry = Registry(pool, bus, config.circuit_breaker)
+        state = GatewayState(boot=self.boot, boot_file=config.server, config=config,
+                             config_path=self.config_path, bus=bus, pool=pool,
+                             registry=registry, store=store)
+        registry.set_config_endpoints(config.endpoints, config.circuit_breaker)
+        for name, record in stored.endpoints.items():
+            try:
+                spec = validate_endpoint(record.config)
+            except ConfigError as exc:
+                raise StartupError(
+                    f"{getattr(store, 'path', store.name)}: stored endpoint {name!r} is "
+                    f"invalid: {exc.summary()}") from None
+            if registry.get(name) is not None:
+                server_logger.warning(
+                    "stored API registration %r is shadowed by the configuration file's "
+                    "endpoint of the same name", name)
+                continue
+            registry.put_api(spec, record.registration_time)
+        registry.load_admin({k: v for k, v in stored.admin.items() if registry.get(k)})
+        state.last_reload.at = state.started_at
+        state.last_reload.trigger = "start"
+        state.last_reload.last_success_at = state.started_at
+        state.last_reload.count = 1
+        state.changes = ChangeConsumer(state)
+        state.health = HealthChecker(lambda: state.config.health_check, bus)
+        for warning in config.warnings:
+            server_logger.warning("%s: %s", self.config_path, warning)
+        if not config.server.admin_token:
+            server_logger.warning("no server.admin_token is set: admin calls on TCP are "
+                                  "accepted from loopback clients only")
+        return state
+
+    async def _serve(self, state: GatewayState) -> None:
+        assert state.changes is not None and state.health is not None
+        loop = asyncio.get_running_loop()
+        await state.health.start()
+        state.registry.on_swap.append(state.health.sync)
+        state.health.sync(state.registry.snapshot)
+        state.changes.start()
+
+        connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
+                                         ttl_dns_cache=10, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
+            cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
+        )
+        proxy = Proxy(state, self._session, RetryBudget())
+        self.proxy = proxy
+
+        public = build_public_app(state, proxy)
+        control = build_control_app(state, self.stop_event)
+        log_cls = JsonAccessLogger if state.config.server.log_format == "json" else AccessLogger
+        shutdown = state.config.server.shutdown_timeout
+        public_runner = web.AppRunner(
+            public, handle_signals=False, shutdown_timeout=shutdown,
+            access_log=access_logger if state.config.server.access_log else None,
+            access_log_class=log_cls,
+        )
+        await public_runner.setup()
+        self._runners.append(public_runner)
+        inherited = systemd.listen_sockets()
+        if inherited:
+            for sock in inherited:
+                await web.SockSite(public_runner, sock).start()
+                server_logger.info("serving on inherited socket %s", sock.getsockname())
+        else:
+            site = web.TCPSite(public_runner, self.boot.host, self.boot.port, backlog=1024)
+            try:
+                await site.start()
+            except OSError as exc:
+                raise StartupError(
+                    f"cannot listen on {self.boot.host}:{self.boot.port}: {exc.strerror}"
+                ) from None
+            for sock in site._server.sockets if site._server else ():  # type: ignore[union-attr]
+                server_logger.info("listening on http://%s:%s", *sock.getsockname()[:2])
+
+        if self.boot.control_socket:
+            control_runner = web.AppRunner(control, handle_signals=False,
+                                           shutdown_timeout=shutdown, access_log=None)
+            await control_runner.setup()
+            self._runners.append(control_runner)
+            await self._open_socket(control_runner, Path(self.boot.control_socket))
+
+        if self.config_path:
+            try:
+                watcher = ConfigWatcher(self.config_path, state.changes)
+                watcher.start()
+                self._watcher = watcher
+                state.changes.on_config.append(watcher.mark_loaded)
+                state.watching = True
+            except OSError as exc:
+                server_logger.warning("not watching %s: %s", self.config_path, exc)
+
+        loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        loop.add_signal_handler(signal.SIGUSR1, self._on_reopen_signal)
+        state.started = True
+        state.ready = True
+        self.state = state
+        systemd.notify(f"READY=1\nSTATUS=serving\nMAINPID={os.getpid()}")
+        server_logger.info("orchd %s ready (pid %d, %d endpoints)", __version__, os.getpid(),
+                           len(state.registry.snapshot.routes))
+
+    async def _open_socket(self, runner: web.AppRunner, path: Path) -> None:
+        parent = path.parent
+        if not parent.exists():
+            parent.mkdir(parents=True, mode=0o750)
+        _check_socket_path(path)
+        old_umask = os.umask(0o117)
+        try:
+            await web.UnixSite(runner, os.fspath(path)).start()
+        except OSError as exc:
+            raise StartupError(f"cannot create control socket {path}: {exc.strerror}") from None
+        finally:
+            os.umask(old_umask)
+        os.chmod(path, 0o660)
+        group = self.boot.socket_group
+        if group is not None:
+            try:
+                gid = group if isinstance(group, int) else grp.getgrnam(group).gr_gid
+                os.chown(path, -1, gid)
+            except (KeyError, PermissionError) as exc:
+                raise StartupError(f"cannot give {path} to group {group!r}: {exc}") from None
+        self._socket_path = path
+        server_logger.info("control socket %s", path)
+
+    # -- signals only set a flag or enqueue
+
+    def _on_stop_signal(self) -> None:
+        if self.stop_event.is_set():
+            if not self._force:
+                self._force = True
+                server_logger.warning("second stop signal: not waiting for in-flight requests")
+                for task in asyncio.all_tasks():
+                    if task is not asyncio.current_task() and task.get_name() == "orchd-main":
+                        task.cancel()
+            return
+        self.stop_event.set()
+
+    def _on_reload_signal(self) -> None:
+        systemd.notify("RELOADING=1")
+        changes = self.state.changes
+        assert changes is not None
+        changes.submit_nowait(Reload("SIGHUP"))
+        asyncio.get_running_loop().call_later(0.05, self._notify_ready_after_reload)
+
+    def _notify_ready_after_reload(self) -> None:
+        systemd.notify("READY=1")
+
+    def _on_reopen_signal(self) -> None:
+        for handler in logging.getLogger().handlers:
+            if isinstance(handler, logging.FileHandler):
+                handler.close()  # reopened on the next record
+        server_logger.info("log files reopened")
+
+    # -- stop
+
+    async def _shutdown(self, state: GatewayState) -> None:
+        state.stopping = True
+        state.ready = False
+        systemd.notify("STOPPING=1")
+        server_logger.info("stopping: draining in-flight requests (up to %gs)",
+                           state.config.server.shutdown_timeout)
+        if self._watcher is not None:
+            self._watcher.stop()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGHUP, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)
+        await asyncio.gather(*(r.cleanup() for r in self._runners), return_exceptions=True)
+        if self._socket_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._socket_path.unlink()
+        if state.changes is not None:
+            await state.changes.stop()
+        if state.health is not None:
+            await state.health.close()
+        session = getattr(self, "_session", None)
+        if session is not None:
+            await session.close()
+        state.bus.close()
+        await state.store.close()
+        server_logger.info("stopped")

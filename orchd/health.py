@@ -1,0 +1,165 @@
+"""Active health checks: each target is probed on its own schedule, rise/fall thresholds.
+
+The checker knows nothing of routing: it is handed the targets of each new snapshot
+(``sync``) and writes only the health fields of ``Target``. A probe task belongs to a
+generation: it is cancelled when its target goes away or its probe settings change, while the
+state it wrote stays on the target.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from orchd.events import EventBus
+from orchd.log import health_logger
+from orchd.model import HealthSettings
+from orchd.router import Route, RoutingTable
+from orchd.target import HEALTHY, UNHEALTHY, UNKNOWN, Target
+
+__all__ = ("HealthChecker", "probe_url")
+
+
+def probe_url(target: Target, path: str | None) -> URL:
+    """``/x`` from the target's root; ``x`` under its base URL; none: the base URL."""
+    if not path:
+        return target.yurl
+    if path.startswith("/"):
+        return URL(str(target.origin).rstrip("/") + path, encoded=True)
+    base = str(target.yurl).rstrip("/")
+    return URL(f"{base}/{path}", encoded=True)
+
+
+ProbeKey = tuple[str, HealthSettings]
+
+
+class HealthChecker:
+    def __init__(
+        self,
+        settings: Callable[[], HealthSettings],
+        bus: EventBus,
+        concurrency: int = 64,
+    ) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._sem = asyncio.Semaphore(concurrency)
+        self._tasks: dict[Target, tuple[ProbeKey, asyncio.Task[None]]] = {}
+        self._session: aiohttp.ClientSession | None = None
+        self.probes = 0
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
+            headers={"User-Agent": "orchd-health-check"},
+        )
+
+    async def close(self) -> None:
+        tasks = [t for _, t in self._tasks.values()]
+        self._tasks.clear()
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def sync(self, snapshot: RoutingTable) -> None:
+        """Start, keep or cancel probe tasks to match the snapshot's targets."""
+        settings = self._settings()
+        wanted: dict[Target, ProbeKey] = {}
+        if settings.enabled:
+            for route in snapshot.routes.values():
+                for target in route.targets:
+                    wanted[target] = (str(probe_url(target, route.spec.health_check_path)),
+                                      settings)
+        for target, (key, task) in list(self._tasks.items()):
+            if wanted.get(target) != key:
+                task.cancel()
+                del self._tasks[target]
+        for target, key in wanted.items():
+            if target not in self._tasks:
+                task = asyncio.create_task(self._loop(target, key),
+                                           name=f"health:{target.endpoint}:{target.url}")
+                self._tasks[target] = (key, task)
+        if not settings.enabled:
+            for route in snapshot.routes.values():
+                for target in route.targets:
+                    self._set(target, UNKNOWN, "health checks are disabled")
+
+    async def _loop(self, target: Target, key: ProbeKey) -> None:
+        url, settings = key
+        await asyncio.sleep(random.uniform(0, min(settings.interval, 5.0)))
+        while True:
+            started = time.monotonic()
+            await self.probe(target, URL(url, encoded=True), settings)
+            elapsed = time.monotonic() - started
+            await asyncio.sleep(max(0.0, settings.interval - elapsed))
+
+    async def check_route(self, route: Route) -> list[dict[str, Any]]:
+        """Probe every target of a route now (``POST /health/check/{id}``)."""
+        settings = self._settings()
+        urls = [probe_url(t, route.spec.health_check_path) for t in route.targets]
+        await asyncio.gather(*(self.probe(t, u, settings)
+                               for t, u in zip(route.targets, urls, strict=True)))
+        return [t.as_dict() for t in route.targets]
+
+    async def probe(self, target: Target, url: URL, settings: HealthSettings) -> bool:
+        assert self._session is not None, "HealthChecker.start() was not called"
+        error: str | None = None
+        started = time.perf_counter()
+        async with self._sem:
+            try:
+                async with self._session.get(
+                    url, allow_redirects=False,
+                    timeout=aiohttp.ClientTimeout(total=settings.timeout),
+                ) as resp:
+                    await resp.read()
+                    if not 200 <= resp.status < 400:
+                        error = f"HTTP {resp.status}"
+            except TimeoutError:
+                error = f"timed out after {settings.timeout:g}s"
+            except aiohttp.ClientConnectorError as exc:
+                error = f"connect error: {exc.os_error.strerror or exc.os_error}"
+            except (aiohttp.ClientError, OSError) as exc:
+                error = f"{type(exc).__name__}: {exc}"
+        self.probes += 1
+        target.response_time = round(time.perf_counter() - started, 6)
+        target.last_check_time = time.time()
+        if error is None:
+            target.consecutive_successes += 1
+            target.consecutive_failures = 0
+            target.error_message = None
+            if target.health == UNKNOWN or (
+                target.health == UNHEALTHY
+                and target.consecutive_successes >= settings.healthy_threshold
+            ):
+                self._set(target, HEALTHY, f"probe of {url} succeeded")
+            return True
+        target.consecutive_failures += 1
+        target.consecutive_successes = 0
+        target.error_message = error
+        if target.health != UNHEALTHY and (
+            target.consecutive_failures >= settings.unhealthy_threshold
+        ):
+            self._set(target, UNHEALTHY, error)
+        return False
+
+    def _set(self, target: Target, new: str, reason: str) -> None:
+        old = target.health
+        if old == new:
+            return
+        target.health = new
+        log = health_logger.warning if new == UNHEALTHY else health_logger.info
+        log("target %s of %s is %s (%s)", target.url, target.endpoint, new, reason)
+        self._bus.publish("health", endpoint_id=target.endpoint, url=target.url,
+                          old_status=old, status=new, reason=reason)

@@ -1,0 +1,332 @@
+"""YAML text -> ``${VAR}`` expansion -> JSON Schema validation -> frozen ``Config``.
+
+Every error names the key path (``endpoints[1].url``) and, for a file, the line it is on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+from jsonschema import Draft202012Validator, FormatChecker
+from referencing import Registry, Resource
+from yarl import URL
+
+from orchd.errors import ConfigError, FieldError
+from orchd.model import Config, EndpointSpec
+from orchd.schema import SCHEMA_NAMES, load_schema
+
+__all__ = (
+    "Document",
+    "load_config",
+    "parse_config",
+    "parse_yaml",
+    "validate_endpoint",
+    "validate_registration",
+)
+
+PathTuple = tuple[str | int, ...]
+
+_ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
+
+# Keys the original Orchestrator API documented but ignored: accepted, with a warning.
+_IGNORED_KEYS: tuple[tuple[PathTuple, str], ...] = (
+    (("endpoints", -1, "description"), "is ignored"),
+    (("circuit_breaker", "fallback_strategy"), "is ignored; use fallback_response"),
+    (("endpoints", -1, "circuit_breaker", "fallback_strategy"), "is ignored; use fallback_response"),
+    (("metrics",), "is ignored; /metrics is always served"),
+)
+
+
+def format_path(path: Sequence[str | int]) -> str:
+    """``("endpoints", 1, "url")`` -> ``endpoints[1].url``."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class Document:
+    """A parsed document and the line of every key and list item in it."""
+
+    data: Any
+    lines: Mapping[PathTuple, int]
+
+    def line_of(self, path: Sequence[str | int]) -> int | None:
+        key = tuple(path)
+        while key:
+            if key in self.lines:
+                return self.lines[key]
+            key = key[:-1]
+        return self.lines.get((), None)
+
+
+# ---------------------------------------------------------------- YAML with line numbers
+
+
+class _Constructor(yaml.SafeLoader):
+    pass
+
+
+def _expand(value: str, path: PathTuple, env: Mapping[str, str], errors: list[FieldError],
+            line: int) -> str:
+    def sub(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env and (env[name] != "" or default is None):
+            return env[name]
+        if default is not None:
+            return default
+        errors.append(FieldError(format_path(path),
+                                 f"environment variable {name} is not set", line))
+        return ""
+
+    return _ENV_RE.sub(sub, value)
+
+
+def parse_yaml(text: str, env: Mapping[str, str] | None = None) -> Document:
+    """Parse YAML, expand ``${VAR}`` / ``${VAR:-default}`` in scalars, record lines."""
+    env = os.environ if env is None else env
+    try:
+        root = yaml.compose(text, Loader=_Constructor)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        problem = exc.problem or str(exc)
+        if exc.context:
+            problem = f"{exc.context}, {problem}"
+        raise ConfigError([FieldError("", f"YAML syntax error: {problem}", line)]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([FieldError("", f"YAML error: {exc}")]) from None
+    if root is None:
+        return Document({}, {(): 1})
+    constructor = _Constructor("")
+    lines: dict[PathTuple, int] = {}
+    errors: list[FieldError] = []
+
+    def build(node: yaml.Node, path: PathTuple) -> Any:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            constructor.flatten_mapping(node)
+            out: dict[Any, Any] = {}
+            for key_node, value_node in node.value:
+                key = constructor.construct_object(key_node, deep=True)
+                if not isinstance(key, str | int | float | bool) or key is None:
+                    errors.append(FieldError(format_path(path), "mapping keys must be scalars",
+                                             key_node.start_mark.line + 1))
+                    continue
+                key = str(key) if not isinstance(key, str) else key
+                if key in out:
+                    errors.append(FieldError(format_path((*path, key)), "duplicate key",
+                                             key_node.start_mark.line + 1))
+                lines[(*path, key)] = key_node.start_mark.line + 1
+                out[key] = build(value_node, (*path, key))
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [build(item, (*path, i)) for i, item in enumerate(node.value)]
+        value = constructor.construct_object(node, deep=True)
+        if isinstance(value, str) and "${" in value:
+            expanded = _expand(value, path, env, errors, node.start_mark.line + 1)
+            if isinstance(node, yaml.ScalarNode) and node.style is None:
+                try:  # a plain scalar takes the type of what it expanded to: ${PORT:-8000}
+                    resolved = yaml.safe_load(expanded) if expanded.strip() else ""
+                except yaml.YAMLError:
+                    resolved = expanded
+                if isinstance(resolved, str | int | float | bool) or resolved is None:
+                    return resolved
+            return expanded
+        return value
+
+    try:
+        data = build(root, ())
+    except yaml.YAMLError as exc:
+        raise ConfigError([FieldError("", f"YAML error: {exc}")]) from None
+    if errors:
+        raise ConfigError(errors)
+    return Document(data, lines)
+
+
+# ---------------------------------------------------------------- JSON Schema validation
+
+
+@cache
+def _registry() -> Registry:  # type: ignore[type-arg]
+    resources = [
+        (load_schema(n)["$id"], Resource.from_contents(load_schema(n))) for n in SCHEMA_NAMES
+    ]
+    return Registry().with_resources(resources)  # type: ignore[no-any-return]
+
+
+_format_checker = FormatChecker()
+
+
+@_format_checker.checks("http-url", raises=ValueError)
+def _is_http_url(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    try:
+        url = URL(value)
+    except (ValueError, TypeError) as exc:
+        raise ValueError(str(exc)) from None
+    if url.scheme not in ("http", "https") or not url.host or url.user or url.password:
+        return False
+    if url.query_string or url.fragment or any(c.isspace() for c in value):
+        return False
+    try:
+        url.port  # noqa: B018 - raises on an invalid port
+    except ValueError:
+        return False
+    return True
+
+
+@cache
+def _validator(name: str) -> Draft202012Validator:
+    return Draft202012Validator(
+        load_schema(name), registry=_registry(), format_checker=_format_checker
+    )
+
+
+def _message(error: jsonschema.ValidationError) -> tuple[PathTuple, str]:
+    path: PathTuple = tuple(error.absolute_path)
+    kind, inst = error.validator, error.instance
+    if kind == "additionalProperties" and isinstance(inst, dict):
+        allowed = set(error.schema.get("properties", {}))
+        extra = sorted(k for k in inst if k not in allowed)
+        if extra:
+            key = extra[0]
+            known = ", ".join(sorted(allowed))
+            return (*path, key), f"unknown key {key!r} (known keys: {known})"
+    if kind == "format" and error.validator_value == "http-url":
+        return path, f"{inst!r} is not an http(s) URL (scheme://host[:port][/path])"
+    if kind == "anyOf" and isinstance(inst, dict) and "name" in error.schema.get("required", []):
+        return path, "needs 'url' (one upstream) or 'urls' (several targets)"
+    if kind == "not" and isinstance(inst, dict):
+        return path, "'url' and 'urls' cannot both be set; use 'urls' for several targets"
+    if kind == "pattern" and path and path[-1] == "name":
+        return path, f"{inst!r} is not a valid name (1-64 of A-Z a-z 0-9 _ -)"
+    if kind == "required":
+        return path, error.message.replace("is a required property", "is required")
+    if kind == "type":
+        want = error.validator_value
+        want_s = " or ".join(want) if isinstance(want, list) else want
+        return path, f"{inst!r} is not of type {want_s}"
+    if kind == "enum":
+        choices = ", ".join(json.dumps(c) for c in error.validator_value)
+        return path, f"{inst!r} is not one of {choices}"
+    return path, error.message
+
+
+def _errors(name: str, doc: Document, prefix: PathTuple = ()) -> list[FieldError]:
+    out: list[FieldError] = []
+    errors = sorted(_validator(name).iter_errors(doc.data),
+                    key=lambda e: [str(p) for p in e.absolute_path])
+    for error in errors:
+        path, msg = _message(error)
+        line = doc.line_of(path) if doc.lines else None
+        out.append(FieldError(format_path((*prefix, *path)), msg, line))
+    return out
+
+
+def _duplicate_names(endpoints: Sequence[Any], doc: Document) -> list[FieldError]:
+    out: list[FieldError] = []
+    seen: dict[str, int] = {}
+    for i, ep in enumerate(endpoints):
+        if not isinstance(ep, dict) or not isinstance(ep.get("name"), str):
+            continue
+        name = ep["name"]
+        if name in seen:
+            out.append(FieldError(
+                format_path(("endpoints", i, "name")),
+                f"duplicate endpoint name {name!r} (first at endpoints[{seen[name]}])",
+                doc.line_of(("endpoints", i, "name"))))
+        else:
+            seen[name] = i
+    return out
+
+
+def _warnings(data: Any, doc: Document) -> list[str]:
+    out: list[str] = []
+    if not isinstance(data, dict):
+        return out
+    for pattern, why in _IGNORED_KEYS:
+        for path in _expand_pattern(data, pattern):
+            line = doc.line_of(path)
+            out.append(f"{format_path(path)} (line {line}): {why}")
+    return out
+
+
+def _expand_pattern(data: Any, pattern: PathTuple, done: PathTuple = ()) -> list[PathTuple]:
+    if not pattern:
+        return [done]
+    head, rest = pattern[0], pattern[1:]
+    if head == -1:
+        if not isinstance(data, list):
+            return []
+        return [p for i, item in enumerate(data) for p in _expand_pattern(item, rest, (*done, i))]
+    if isinstance(data, dict) and head in data:
+        return _expand_pattern(data[head], rest, (*done, head))
+    return []
+
+
+def parse_config(text: str, path: str | None = None,
+                 env: Mapping[str, str] | None = None) -> Config:
+    """Validate a whole configuration document; raise ``ConfigError`` with every error."""
+    try:
+        doc = parse_yaml(text, env)
+    except ConfigError as exc:
+        raise ConfigError(exc.errors, path) from None
+    data = doc.data
+    if data is None:
+        data = {}
+        doc = Document({}, doc.lines)
+    if not isinstance(data, dict):
+        raise ConfigError([FieldError("", "the document must be a mapping of keys", 1)], path)
+    errors = _errors("config", doc)
+    endpoints = data.get("endpoints") or []
+    if isinstance(endpoints, list):
+        errors += _duplicate_names(endpoints, doc)
+    if errors:
+        raise ConfigError(errors, path)
+    return Config.from_dict(data, path=path, warnings=tuple(_warnings(data, doc)))
+
+
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a configuration file."""
+    p = Path(path)
+    try:
+        text = p.read_text("utf-8")
+    except OSError as exc:
+        raise ConfigError([FieldError("", f"cannot read the file: {exc.strerror}")],
+                          str(p)) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([FieldError("", f"the file is not UTF-8 text: {exc.reason}")],
+                          str(p)) from None
+    return parse_config(text, str(p), env)
+
+
+def validate_endpoint(data: Any, prefix: PathTuple = ()) -> EndpointSpec:
+    """Validate one endpoint mapping (an API body's ``config``)."""
+    doc = Document(data, {})
+    errors = _errors("endpoint", doc, prefix)
+    if errors:
+        raise ConfigError(errors)
+    return EndpointSpec.from_dict(data)
+
+
+def validate_registration(body: Any) -> EndpointSpec:
+    """Validate a ``{"config": {...}}`` registration body."""
+    errors = _errors("registration", Document(body, {}))
+    if errors:
+        raise ConfigError(errors)
+    return EndpointSpec.from_dict(body["config"])

@@ -1,0 +1,220 @@
+"""Frozen configuration values built from validated documents.
+
+Nothing here does I/O or validation: ``orchd.loader`` validates a document against the JSON
+Schemas and then calls the ``from_dict`` constructors below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+__all__ = (
+    "DEFAULT_METHODS",
+    "IDEMPOTENT_METHODS",
+    "BreakerSettings",
+    "Config",
+    "EndpointSpec",
+    "FallbackResponse",
+    "HealthSettings",
+    "RegistrySettings",
+    "ServerSettings",
+)
+
+DEFAULT_METHODS = ("GET",)
+IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerSettings:
+    """Boot settings: a change to host, port or control_socket needs a restart."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    control_socket: str | None = "/run/orchd/orchd.sock"
+    socket_group: str | int | None = None
+    state_dir: str = "/var/lib/orchd"
+    admin_token: str = ""
+    shutdown_timeout: float = 30.0
+    max_body_size: int = 10 * 1024 * 1024
+    access_log: bool = True
+    log_format: str = "text"
+
+    RESTART_KEYS = ("host", "port", "control_socket", "socket_group", "state_dir")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServerSettings:
+        kwargs = dict(data)
+        if kwargs.get("admin_token") is None:
+            kwargs["admin_token"] = ""
+        if kwargs.get("control_socket") == "":
+            kwargs["control_socket"] = None
+        return cls(**kwargs)
+
+    def __repr__(self) -> str:  # never show the token
+        token = "<set>" if self.admin_token else "<unset>"
+        return f"ServerSettings(host={self.host!r}, port={self.port}, admin_token={token})"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthSettings:
+    enabled: bool = True
+    interval: float = 30.0
+    timeout: float = 10.0
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> HealthSettings:
+        return cls(**data)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "enabled": self.enabled,
+            "interval": self.interval,
+            "timeout": self.timeout,
+            "healthy_threshold": self.healthy_threshold,
+            "unhealthy_threshold": self.unhealthy_threshold,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class FallbackResponse:
+    status: int = 503
+    headers: tuple[tuple[str, str], ...] = ()
+    body: Any = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> FallbackResponse:
+        headers = tuple((str(k), str(v)) for k, v in (data.get("headers") or {}).items())
+        return cls(status=int(data.get("status", 503)), headers=headers, body=data.get("body"))
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"status": self.status, "headers": dict(self.headers), "body": self.body}
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerSettings:
+    failure_threshold: int = 5
+    reset_timeout: float = 60.0
+    half_open_max_calls: int = 3
+    fallback_response: FallbackResponse | None = None
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], base: BreakerSettings | None = None
+    ) -> BreakerSettings:
+        """Build from a document; keys it lacks come from ``base`` (the global block)."""
+        out = base if base is not None else cls()
+        kwargs: dict[str, Any] = {}
+        for key in ("failure_threshold", "reset_timeout", "half_open_max_calls"):
+            if key in data:
+                kwargs[key] = data[key]
+        if "fallback_response" in data:
+            fb = data["fallback_response"]
+            kwargs["fallback_response"] = None if fb is None else FallbackResponse.from_dict(fb)
+        return replace(out, **kwargs)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "failure_threshold": self.failure_threshold,
+            "reset_timeout": self.reset_timeout,
+            "half_open_max_calls": self.half_open_max_calls,
+            "fallback_response": (
+                self.fallback_response.as_dict() if self.fallback_response else None
+            ),
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    store: str = "file"
+    etcd_endpoints: tuple[str, ...] = ("http://127.0.0.1:2379",)
+    etcd_prefix: str = "/orchd/"
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RegistrySettings:
+        etcd = data.get("etcd") or {}
+        return cls(
+            store=data.get("store", "file"),
+            etcd_endpoints=tuple(etcd.get("endpoints", ("http://127.0.0.1:2379",))),
+            etcd_prefix=etcd.get("prefix", "/orchd/"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    """One endpoint as configured. ``document`` is the validated mapping it came from."""
+
+    name: str
+    urls: tuple[str, ...]
+    version: str | None = None
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    auth_type: str = "none"
+    require_auth: bool = False
+    disabled: bool = False
+    timeout: float = 30.0
+    retries: int = 1
+    health_check_path: str | None = None
+    breaker_overrides: Mapping[str, Any] = field(default_factory=dict)
+    ttl: float | None = None
+    document: Mapping[str, Any] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> EndpointSpec:
+        urls = tuple(data["urls"]) if "urls" in data else (data["url"],)
+        return cls(
+            name=data["name"],
+            urls=tuple(u.rstrip("/") if u.count("/") > 2 else u for u in urls),
+            version=data.get("version"),
+            methods=tuple(m.upper() for m in data.get("methods", DEFAULT_METHODS)),
+            auth_type=data.get("auth_type", "none"),
+            require_auth=bool(data.get("require_auth", False)),
+            disabled=bool(data.get("disabled", False)),
+            timeout=float(data.get("timeout", 30.0)),
+            retries=int(data.get("retries", 1)),
+            health_check_path=data.get("health_check_path"),
+            breaker_overrides=dict(data.get("circuit_breaker") or {}),
+            ttl=data.get("ttl"),
+            document=dict(data),
+        )
+
+    @property
+    def url(self) -> str:
+        return self.urls[0]
+
+    def as_document(self) -> dict[str, Any]:
+        """The mapping that rebuilds this spec (what the store keeps)."""
+        doc = dict(self.document)
+        doc.pop("description", None)
+        return doc
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole configuration file, validated."""
+
+    server: ServerSettings = field(default_factory=ServerSettings)
+    log_level: str = "INFO"
+    endpoints: tuple[EndpointSpec, ...] = ()
+    health_check: HealthSettings = field(default_factory=HealthSettings)
+    circuit_breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
+    path: str | None = None
+    warnings: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(
+        cls, data: Mapping[str, Any], path: str | None = None, warnings: tuple[str, ...] = ()
+    ) -> Config:
+        return cls(
+            server=ServerSettings.from_dict(data.get("server") or {}),
+            log_level=str(data.get("log_level", "INFO")).upper(),
+            endpoints=tuple(EndpointSpec.from_dict(e) for e in data.get("endpoints") or ()),
+            health_check=HealthSettings.from_dict(data.get("health_check") or {}),
+            circuit_breaker=BreakerSettings.from_dict(data.get("circuit_breaker") or {}),
+            registry=RegistrySettings.from_dict(data.get("registry") or {}),
+            path=path,
+            warnings=warnings,
+        )

@@ -1,0 +1,426 @@
+"""The request path: ``/orchestrator/<endpoint>/<rest>`` -> one upstream target.
+
+Reads the routing snapshot once, checks method and credentials, maps the path under the
+target's base path (never above it), picks a target through its breaker, streams the body
+both ways, and reports the outcome to the breaker. Gateway errors are problem documents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiohttp import hdrs, web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from orchd.balancer import RetryBudget, choose
+from orchd.errors import ProblemError
+from orchd.log import proxy_logger
+from orchd.model import IDEMPOTENT_METHODS
+from orchd.router import PREFIX, PathError, Route, map_path
+from orchd.state import GatewayState
+from orchd.target import Target
+
+__all__ = ("HOP_BY_HOP", "BodyTooLarge", "Proxy")
+
+HOP_BY_HOP = frozenset(h.lower() for h in (
+    "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
+    "TE", "Trailer", "Trailers", "Transfer-Encoding", "Upgrade",
+))
+# Never copied from the client to the upstream: hop-by-hop, and what the proxy sets itself.
+_REQUEST_DROP = HOP_BY_HOP | {"host", "x-forwarded-for", "x-forwarded-proto",
+                              "x-forwarded-host", "x-request-id", "content-length"}
+_RESPONSE_DROP = HOP_BY_HOP | {"content-length", "x-request-id", "x-endpoint-id",
+                               "x-response-time"}
+_WS_DROP = _REQUEST_DROP | {"sec-websocket-key", "sec-websocket-version",
+                            "sec-websocket-extensions", "sec-websocket-protocol",
+                            "sec-websocket-accept"}
+
+_CREDENTIAL_SCHEMES = {"bearer": ("bearer ",), "oauth2": ("bearer ",), "basic": ("basic ",)}
+CHUNK = 64 * 1024
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class _UpstreamFailed(Exception):
+    """A try that failed before any byte reached the client."""
+
+    def __init__(self, problem: ProblemError, reason: str, retriable: bool) -> None:
+        super().__init__(reason)
+        self.problem = problem
+        self.reason = reason
+        self.retriable = retriable
+
+
+def _request_id(request: web.Request) -> str:
+    rid = request.headers.get("X-Request-ID", "")
+    if 0 < len(rid) <= 200 and rid.isprintable() and rid.isascii():
+        return rid
+    return uuid.uuid4().hex
+
+
+def _drop_set(headers: CIMultiDictProxy[str], base: frozenset[str] | set[str]) -> set[str]:
+    conn = headers.get(hdrs.CONNECTION)
+    if not conn:
+        return set(base)
+    return set(base) | {t.strip().lower() for t in conn.split(",") if t.strip()}
+
+
+def has_credential(request: web.Request, auth_type: str) -> bool:
+    auth = request.headers.get(hdrs.AUTHORIZATION, "")
+    if auth_type == "api_key":
+        return bool(request.headers.get("X-API-Key") or auth or "api_key" in request.query)
+    prefixes = _CREDENTIAL_SCHEMES.get(auth_type)
+    if prefixes is None:
+        return True
+    low = auth.lower()
+    return any(low.startswith(p) and len(auth) > len(p) for p in prefixes)
+
+
+class Proxy:
+    def __init__(self, state: GatewayState, session: aiohttp.ClientSession,
+                 budget: RetryBudget | None = None) -> None:
+        self.state = state
+        self.session = session
+        self.budget = budget or RetryBudget()
+        self.in_flight = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        started = time.perf_counter()
+        rid = _request_id(request)
+        request["request_id"] = rid
+        try:
+            return await self._handle(request, rid, started)
+        except ProblemError as exc:
+            exc.headers = {**exc.headers, "X-Request-ID": rid}
+            raise
+
+    async def _handle(self, request: web.Request, rid: str, started: float) -> web.StreamResponse:
+        raw = request.raw_path
+        path, _, query = raw.partition("?")
+        snapshot = self.state.registry.snapshot
+        resolved = snapshot.resolve(path[len(PREFIX):])
+        if resolved is None:
+            name = path[len(PREFIX):].split("/", 1)[0]
+            raise ProblemError(404, "Unknown endpoint",
+                               f"no endpoint named {name!r} is registered")
+        route, segments = resolved
+        request["endpoint"] = route.name
+        ep_headers = {"X-Endpoint-ID": route.name}
+        if route.admin_disabled:
+            raise ProblemError(503, "Endpoint disabled",
+                               f"endpoint {route.name!r} is disabled by an operator",
+                               headers={**ep_headers, "Retry-After": "30"})
+        method = request.method
+        if method not in route.methods and not (method == "HEAD" and "GET" in route.methods):
+            raise ProblemError(405, "Method not allowed",
+                               f"endpoint {route.name!r} accepts {', '.join(route.methods)}",
+                               headers={**ep_headers, "Allow": ", ".join(sorted(route.methods))})
+        spec = route.spec
+        if spec.require_auth and not has_credential(request, spec.auth_type):
+            scheme = {"basic": "Basic", "api_key": "ApiKey"}.get(spec.auth_type, "Bearer")
+            raise ProblemError(401, "Credential required",
+                               f"endpoint {route.name!r} requires {spec.auth_type} "
+                               "credentials and the request has none",
+                               headers={**ep_headers, "WWW-Authenticate": scheme})
+        max_body = self.state.config.server.max_body_size
+        if request.content_length is not None and request.content_length > max_body:
+            raise ProblemError(413, "Request body too large",
+                               f"the body is {request.content_length} bytes; "
+                               f"the limit is {max_body}", headers=ep_headers)
+        if (request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+                and method == "GET"):
+            return await self._websocket(request, route, segments, query, rid)
+        self.in_flight += 1
+        try:
+            return await self._forward(request, route, segments, query, rid, started, max_body)
+        finally:
+            self.in_flight -= 1
+
+    def _pick(self, route: Route, tried: set[Target]) -> Target:
+        target = choose(route, tried)
+        if target is not None:
+            return target
+        headers = {"X-Endpoint-ID": route.name}
+        open_breakers = [t for t in route.targets
+                         if t.breaker.state in ("open", "forced_open", "half_open")]
+        if open_breakers and len(open_breakers) == len(route.targets):
+            fallback = route.breaker_settings.fallback_response
+            retry = max(1, int(min(t.breaker.retry_after() for t in open_breakers) + 0.999))
+            if fallback is not None:
+                raise _Fallback(fallback.status, dict(fallback.headers), fallback.body, retry)
+            reasons = "; ".join(f"{t.url}: {t.breaker.last_failure or t.breaker.state}"
+                                for t in open_breakers)
+            raise ProblemError(503, "Circuit breaker open",
+                               f"endpoint {route.name!r}: no target accepts requests while its "
+                               f"circuit breaker is open ({reasons})",
+                               headers={**headers, "Retry-After": str(retry)},
+                               extra={"reason": "circuit_breaker_open"})
+        raise ProblemError(503, "No available target",
+                           f"endpoint {route.name!r} has no target that may take the request "
+                           "(drained, unhealthy or its breaker is open)",
+                           headers={**headers, "Retry-After": "5"},
+                           extra={"reason": "no_available_target"})
+
+    def _upstream_headers(self, request: web.Request, rid: str,
+                          drop: frozenset[str] | set[str]) -> CIMultiDict[str]:
+        src = request.headers
+        out: CIMultiDict[str] = CIMultiDict()
+        dropset = _drop_set(src, drop)
+        for k, v in src.items():
+            if k.lower() not in dropset:
+                out.add(k, v)
+        peer = request.remote or ""
+        prior = src.get("X-Forwarded-For")
+        out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
+        out["X-Forwarded-Proto"] = src.get("X-Forwarded-Proto") or request.scheme
+        out["X-Forwarded-Host"] = src.get("X-Forwarded-Host") or src.get(hdrs.HOST, "")
+        out["X-Request-ID"] = rid
+        return out
+
+    async def _body(self, request: web.Request, limit: int) -> AsyncIterator[bytes]:
+        seen = 0
+        async for chunk in request.content.iter_chunked(CHUNK):
+            seen += len(chunk)
+            if seen > limit:
+                raise BodyTooLarge(seen)
+            yield chunk
+
+    async def _forward(self, request: web.Request, route: Route, segments: list[str],
+                       query: str, rid: str, started: float,
+                       max_body: int) -> web.StreamResponse:
+        spec = route.spec
+        method = request.method
+        headers = self._upstream_headers(request, rid, _REQUEST_DROP)
+        has_body = request.body_exists
+        if has_body and request.content_length is not None:
+            headers[hdrs.CONTENT_LENGTH] = str(request.content_length)
+        timeout = aiohttp.ClientTimeout(total=None, connect=min(5.0, spec.timeout),
+                                        sock_read=spec.timeout)
+        tried: set[Target] = set()
+        attempts = 1 + (spec.retries if method in IDEMPOTENT_METHODS else 0)
+        self.budget.record_request()
+        for attempt in range(attempts):
+            try:
+                target = self._pick(route, tried)
+            except _Fallback as fb:
+                return fb.response(rid, route.name)
+            except ProblemError:
+                if attempt == 0:
+                    raise
+                raise last.problem from None  # noqa: F821 - set on the earlier try
+            tried.add(target)
+            try:
+                path = map_path(target.base_path, segments)
+            except PathError as exc:
+                target.breaker.release()
+                raise ProblemError(400, "Invalid path", str(exc)) from None
+            url = URL(f"{target.origin}{path}" + (f"?{query}" if query else ""), encoded=True)
+            try:
+                return await self._try(request, route, target, url, method, headers,
+                                       has_body, timeout, rid, started, max_body)
+            except _UpstreamFailed as failed:
+                last = failed
+                if not (failed.retriable and attempt + 1 < attempts
+                        and len(route.targets) > len(tried) and self.budget.try_retry()):
+                    raise failed.problem from None
+                proxy_logger.info("retrying %s %s on another target after: %s",
+                                  method, route.name, failed.reason)
+        raise AssertionError("unreachable")
+
+    async def _try(self, request: web.Request, route: Route, target: Target, url: URL,
+                   method: str, headers: CIMultiDict[str], has_body: bool,
+                   timeout: aiohttp.ClientTimeout, rid: str, started: float,
+                   max_body: int) -> web.StreamResponse:
+        ep_headers = {"X-Endpoint-ID": route.name}
+        breaker = target.breaker
+        target.in_flight += 1
+        target.requests += 1
+        request["target"] = target.url
+        reported = False
+        upstream: aiohttp.ClientResponse | None = None
+        try:
+            try:
+                async with asyncio.timeout(route.spec.timeout):
+                    upstream = await self.session.request(
+                        method, url, headers=headers,
+                        data=self._body(request, max_body) if has_body else None,
+                        allow_redirects=False, timeout=timeout, auto_decompress=False,
+                        compress=None, chunked=None,
+                    )
+            except BodyTooLarge:
+                breaker.release()
+                reported = True
+                raise ProblemError(413, "Request body too large",
+                                   f"the body is larger than the limit of {max_body} bytes",
+                                   headers=ep_headers) from None
+            except TimeoutError:
+                breaker.failure(f"timeout after {route.spec.timeout:g}s")
+                reported = True
+                raise _UpstreamFailed(ProblemError(
+                    504, "Upstream timeout",
+                    f"{route.name}: {target.url} did not answer within {route.spec.timeout:g}s",
+                    headers=ep_headers, extra={"reason": "upstream_timeout"}),
+                    "timeout", retriable=False) from None
+            except aiohttp.ClientConnectorError as exc:
+                why = exc.os_error.strerror or str(exc.os_error)
+                breaker.failure(f"connect error: {why}")
+                reported = True
+                raise _UpstreamFailed(ProblemError(
+                    502, "Upstream refused the connection",
+                    f"{route.name}: cannot connect to {target.url}: {why}",
+                    headers=ep_headers, extra={"reason": "upstream_refused"}),
+                    f"connect error: {why}", retriable=True) from None
+            except (aiohttp.ClientError, OSError) as exc:
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                breaker.failure(reason)
+                reported = True
+                raise _UpstreamFailed(ProblemError(
+                    502, "Upstream connection broke",
+                    f"{route.name}: {target.url} broke the exchange: {reason}",
+                    headers=ep_headers, extra={"reason": "upstream_broke"}),
+                    reason, retriable=False) from None
+
+            status = upstream.status
+            if status >= 500:
+                breaker.failure(f"HTTP {status}")
+                reported = True
+            elapsed = time.perf_counter() - started
+            resp = web.StreamResponse(status=status, reason=upstream.reason)
+            drop = _drop_set(upstream.headers, _RESPONSE_DROP)
+            for k, v in upstream.headers.items():
+                if k.lower() not in drop:
+                    resp.headers.add(k, v)
+            length = upstream.headers.get(hdrs.CONTENT_LENGTH)
+            if length is not None:
+                resp.headers[hdrs.CONTENT_LENGTH] = length
+            resp.headers["X-Request-ID"] = rid
+            resp.headers["X-Endpoint-ID"] = route.name
+            resp.headers["X-Response-Time"] = f"{elapsed * 1000:.2f}ms"
+            await resp.prepare(request)
+            try:
+                if method != "HEAD" and status not in (204, 304):
+                    async for chunk in upstream.content.iter_any():
+                        await resp.write(chunk)
+            except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
+                    TimeoutError) as exc:
+                if not reported:
+                    breaker.failure(f"body broke: {type(exc).__name__}")
+                    reported = True
+                proxy_logger.warning("%s: upstream %s broke mid-body: %r",
+                                     route.name, target.url, exc)
+                _abort(request)
+                return resp
+            if not reported:
+                breaker.success()
+                reported = True
+            await resp.write_eof()
+            return resp
+        finally:
+            target.in_flight -= 1
+            if not reported:
+                breaker.release()
+            if upstream is not None:
+                upstream.release()
+
+    async def _websocket(self, request: web.Request, route: Route, segments: list[str],
+                         query: str, rid: str) -> web.StreamResponse:
+        target = self._pick(route, set())
+        try:
+            path = map_path(target.base_path, segments)
+        except PathError as exc:
+            target.breaker.release()
+            raise ProblemError(400, "Invalid path", str(exc)) from None
+        url = URL(f"{target.origin}{path}" + (f"?{query}" if query else ""), encoded=True)
+        headers = self._upstream_headers(request, rid, _WS_DROP)
+        protocols = [p.strip() for p in
+                     request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        target.in_flight += 1
+        request["target"] = target.url
+        try:
+            try:
+                async with asyncio.timeout(route.spec.timeout):
+                    up = await self.session.ws_connect(url, headers=headers,
+                                                       protocols=protocols, autoping=False,
+                                                       max_msg_size=0)
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                reason = f"websocket connect failed: {type(exc).__name__}: {exc}"
+                target.breaker.failure(reason)
+                raise ProblemError(502, "Upstream refused the WebSocket", f"{route.name}: "
+                                   f"{target.url}: {reason}",
+                                   headers={"X-Endpoint-ID": route.name}) from None
+            target.breaker.success()
+            ws = web.WebSocketResponse(protocols=[up.protocol] if up.protocol else (),
+                                       autoping=False, max_msg_size=0)
+            ws.headers["X-Request-ID"] = rid
+            ws.headers["X-Endpoint-ID"] = route.name
+            await ws.prepare(request)
+            await _pump_websockets(ws, up)
+            return ws
+        finally:
+            target.in_flight -= 1
+
+
+async def _pump_websockets(client: web.WebSocketResponse,
+                           upstream: aiohttp.ClientWebSocketResponse) -> None:
+    async def relay(src: Any, dst: Any) -> None:
+        async for msg in src:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                await dst.send_str(msg.data)
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                await dst.send_bytes(msg.data)
+            elif msg.type == aiohttp.WSMsgType.PING:
+                await dst.ping(msg.data)
+            elif msg.type == aiohttp.WSMsgType.PONG:
+                await dst.pong(msg.data)
+            else:
+                break
+        code = src.close_code or aiohttp.WSCloseCode.OK
+        await dst.close(code=code)
+
+    tasks = [asyncio.create_task(relay(client, upstream)),
+             asyncio.create_task(relay(upstream, client))]
+    try:
+        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+                await task
+    finally:
+        for task in tasks:
+            task.cancel()
+        await upstream.close()
+
+
+def _abort(request: web.Request) -> None:
+    transport = request.transport
+    if transport is not None:
+        transport.abort()
+
+
+class _Fallback(Exception):
+    def __init__(self, status: int, headers: dict[str, str], body: Any, retry: int) -> None:
+        super().__init__("fallback")
+        self.status, self.headers, self.body, self.retry = status, headers, body, retry
+
+    def response(self, rid: str, endpoint: str) -> web.Response:
+        body = self.body
+        headers = {"Retry-After": str(self.retry), **self.headers, "X-Request-ID": rid,
+                   "X-Endpoint-ID": endpoint, "X-Fallback-Response": "circuit_breaker_open"}
+        if isinstance(body, str):
+            headers.setdefault("Content-Type", "text/plain; charset=utf-8")
+            return web.Response(status=self.status, text=body, headers=headers)
+        if body is None:
+            return web.Response(status=self.status, headers=headers)
+        headers.setdefault("Content-Type", "application/json")
+        return web.Response(status=self.status, body=json.dumps(body).encode(), headers=headers)

@@ -1,0 +1,93 @@
+"""The gateway's shared state, built once by the composition root and passed explicitly."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from orchd.events import EventBus
+from orchd.model import Config, ServerSettings
+from orchd.registry import Registry
+from orchd.target import TargetPool
+
+if TYPE_CHECKING:
+    from orchd.health import HealthChecker
+    from orchd.store import Store
+    from orchd.watcher import ChangeConsumer
+
+__all__ = ("STATE", "GatewayState", "ReloadStatus", "iso", "stamp")
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    dt = datetime.fromtimestamp(ts, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def stamp(data: dict[str, Any]) -> dict[str, Any]:
+    """Add ``timestamp`` and ``timestamp_iso`` to an answer."""
+    now = time.time()
+    data["timestamp"] = now
+    data["timestamp_iso"] = iso(now)
+    return data
+
+
+@dataclass
+class ReloadStatus:
+    ok: bool = True
+    at: float | None = None
+    error: str | None = None
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    trigger: str | None = None
+    diff: dict[str, Any] | None = None
+    restart_required: list[str] = field(default_factory=list)
+    count: int = 0
+    failures: int = 0
+    last_success_at: float | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "at": self.at,
+            "at_iso": iso(self.at),
+            "error": self.error,
+            "errors": self.errors,
+            "trigger": self.trigger,
+            "diff": self.diff,
+            "restart_required": self.restart_required,
+        }
+
+
+@dataclass
+class GatewayState:
+    """Everything the routes, the proxy and the background tasks share."""
+
+    boot: ServerSettings
+    boot_file: ServerSettings
+    config: Config
+    config_path: str | None
+    bus: EventBus
+    pool: TargetPool
+    registry: Registry
+    store: Store
+    changes: ChangeConsumer | None = None
+    health: HealthChecker | None = None
+    started_at: float = field(default_factory=time.time)
+    started: bool = False
+    ready: bool = False
+    stopping: bool = False
+    watching: bool = False
+    store_degraded: str | None = None
+    last_reload: ReloadStatus = field(default_factory=ReloadStatus)
+
+    @property
+    def admin_token(self) -> str:
+        return self.config.server.admin_token
+
+
+STATE: web.AppKey[GatewayState] = web.AppKey("state", GatewayState)

@@ -1,0 +1,80 @@
+"""Registry stores: where API registrations and operators' administrative state live.
+
+The interface is small so that the embedded file store and the etcd store are
+interchangeable: ``load`` at start, ``put``/``delete`` for endpoints, ``put_admin`` for
+administrative state, and ``watch`` for changes made by other instances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+__all__ = ("AdminRecord", "Record", "Store", "StoreEvent", "StoreState")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One API registration: the endpoint document and when it was first registered."""
+
+    config: Mapping[str, Any]
+    registration_time: float
+
+    def as_json(self) -> dict[str, Any]:
+        return {"config": dict(self.config), "registration_time": self.registration_time}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Record:
+        return cls(dict(data["config"]), float(data["registration_time"]))
+
+
+@dataclass(frozen=True, slots=True)
+class AdminRecord:
+    """What an operator set: the endpoint disabled or not (None: as configured), and
+    per-target states other than ``active``."""
+
+    disabled: bool | None = None
+    targets: Mapping[str, str] = field(default_factory=dict)
+
+    def is_empty(self) -> bool:
+        return self.disabled is None and not self.targets
+
+    def as_json(self) -> dict[str, Any]:
+        return {"disabled": self.disabled, "targets": dict(self.targets)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> AdminRecord:
+        return cls(data.get("disabled"), dict(data.get("targets") or {}))
+
+
+@dataclass(frozen=True, slots=True)
+class StoreState:
+    endpoints: Mapping[str, Record]
+    admin: Mapping[str, AdminRecord]
+
+
+@dataclass(frozen=True, slots=True)
+class StoreEvent:
+    """A change made elsewhere (another instance): ``record`` None means deleted."""
+
+    name: str
+    record: Record | None = None
+    admin: AdminRecord | None = None
+    kind: str = "endpoint"
+
+
+class Store(Protocol):
+    name: str
+
+    async def load(self) -> StoreState: ...
+
+    async def put(self, name: str, record: Record) -> None: ...
+
+    async def delete(self, name: str) -> None: ...
+
+    async def put_admin(self, name: str, admin: AdminRecord) -> None: ...
+
+    def watch(self) -> AsyncIterator[StoreEvent]: ...
+
+    async def close(self) -> None: ...

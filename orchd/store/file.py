@@ -1,0 +1,157 @@
+"""The embedded store: one JSON file under ``state_dir``, written atomically.
+
+Every write goes to a temporary file in the same directory, is fsync'd, renamed over the
+store file and the directory is fsync'd: after ``put`` returns, the change survives a crash.
+A store file that cannot be read or parsed stops the start; it is never overwritten.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import os
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from orchd.errors import StoreError
+from orchd.store import AdminRecord, Record, StoreEvent, StoreState
+
+__all__ = ("FileStore",)
+
+FORMAT = 1
+FILENAME = "registry.json"
+
+
+class FileStore:
+    name = "file"
+
+    def __init__(self, state_dir: str | os.PathLike[str]) -> None:
+        self.dir = Path(state_dir)
+        self.path = self.dir / FILENAME
+        self._endpoints: dict[str, Record] = {}
+        self._admin: dict[str, AdminRecord] = {}
+        self._lock_fd: int | None = None
+        self._write_lock = asyncio.Lock()
+
+    # -- start
+
+    def open(self) -> None:
+        """Create the directory, take the instance lock (one orchd per state_dir)."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+            fd = os.open(self.dir / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+        except OSError as exc:
+            raise StoreError(f"state directory {self.dir}: {exc.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreError(
+                f"state directory {self.dir} is in use by another orchd "
+                "(set server.state_dir to a directory of its own)"
+            ) from None
+        self._lock_fd = fd
+
+    async def load(self) -> StoreState:
+        if self._lock_fd is None:
+            self.open()
+        data = await asyncio.to_thread(self._read)
+        self._endpoints = {
+            name: self._record(name, rec) for name, rec in data.get("endpoints", {}).items()
+        }
+        self._admin = {
+            name: AdminRecord.from_json(rec) for name, rec in data.get("admin", {}).items()
+        }
+        return StoreState(dict(self._endpoints), dict(self._admin))
+
+    def _record(self, name: str, rec: Any) -> Record:
+        try:
+            return Record.from_json(rec)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StoreError(f"{self.path}: endpoints.{name} is malformed ({exc!r})") from None
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise StoreError(f"{self.path}: cannot read the store file: {exc.strerror}") from None
+        try:
+            data = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreError(
+                f"{self.path}: the store file is not valid JSON ({exc}); it was left untouched: "
+                "restore it from a backup or move it away to start with an empty registry"
+            ) from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise StoreError(
+                f"{self.path}: not an orchd registry store (expected an object with format {FORMAT})"
+            )
+        for key in ("endpoints", "admin"):
+            if not isinstance(data.get(key, {}), dict):
+                raise StoreError(f"{self.path}: '{key}' must be an object")
+        return data
+
+    # -- writes
+
+    async def put(self, name: str, record: Record) -> None:
+        endpoints = {**self._endpoints, name: record}
+        await self._commit(endpoints, self._admin)
+
+    async def delete(self, name: str) -> None:
+        endpoints = {k: v for k, v in self._endpoints.items() if k != name}
+        admin = {k: v for k, v in self._admin.items() if k != name}
+        await self._commit(endpoints, admin)
+
+    async def put_admin(self, name: str, admin: AdminRecord) -> None:
+        merged = {k: v for k, v in self._admin.items() if k != name}
+        if not admin.is_empty():
+            merged[name] = admin
+        await self._commit(self._endpoints, merged)
+
+    async def _commit(self, endpoints: dict[str, Record], admin: dict[str, AdminRecord]) -> None:
+        doc = {
+            "format": FORMAT,
+            "endpoints": {k: v.as_json() for k, v in sorted(endpoints.items())},
+            "admin": {k: v.as_json() for k, v in sorted(admin.items())},
+        }
+        payload = json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+        async with self._write_lock:
+            await asyncio.to_thread(self._write, payload)
+            self._endpoints, self._admin = endpoints, admin
+
+    def _write(self, payload: bytes) -> None:
+        tmp = self.path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+            try:
+                view = memoryview(payload)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.path)
+            dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StoreError(f"{self.path}: cannot write the store file: {exc.strerror}") from None
+
+    async def watch(self) -> AsyncIterator[StoreEvent]:
+        """One instance owns the file: nothing changes behind its back."""
+        await asyncio.Event().wait()
+        yield StoreEvent("")  # pragma: no cover - never reached
+
+    async def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

@@ -1,0 +1,348 @@
+"""The one way in for every change: the file, SIGHUP, the REST API and the control socket
+all hand a change to ``ChangeConsumer.submit``; one task applies them in order.
+
+Each change is validated against the whole current state first, then written to the store
+(for API changes), then applied to the registry (one snapshot swap), then answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from orchd.errors import ConfigError, FieldError, ProblemError, StoreError
+from orchd.loader import load_config
+from orchd.log import config_logger, registry_logger
+from orchd.model import EndpointSpec
+from orchd.state import GatewayState
+from orchd.store import AdminRecord, Record, StoreEvent
+from orchd.target import ACTIVE, ADMIN_STATES, DRAINING
+
+__all__ = (
+    "ChangeConsumer",
+    "Drain",
+    "Register",
+    "Reload",
+    "Remove",
+    "Replace",
+    "SetStatus",
+    "SyncFromStore",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Register:
+    spec: EndpointSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Replace:
+    spec: EndpointSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Remove:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetStatus:
+    name: str
+    status: str  # active | disabled
+
+
+@dataclass(frozen=True, slots=True)
+class Drain:
+    name: str
+    url: str | None
+    state: str  # draining | active
+
+
+@dataclass(frozen=True, slots=True)
+class Reload:
+    trigger: str
+
+
+@dataclass(frozen=True, slots=True)
+class SyncFromStore:
+    event: StoreEvent
+
+
+Change = Register | Replace | Remove | SetStatus | Drain | Reload | SyncFromStore
+
+
+def _not_found(name: str) -> ProblemError:
+    return ProblemError(404, "Endpoint not found", f"no endpoint named {name!r} is registered")
+
+
+def _store_unavailable(store: str, exc: Exception) -> ProblemError:
+    return ProblemError(
+        503, "Registry store unavailable",
+        f"the {store} store did not take the change, nothing was applied: {exc}",
+        headers={"Retry-After": "5"},
+    )
+
+
+class ChangeConsumer:
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+        self._queue: asyncio.Queue[tuple[Change, asyncio.Future[Any]]] = asyncio.Queue()
+        self._task: asyncio.Task[None] | None = None
+        self.on_config: list[Callable[[], Awaitable[None] | None]] = []
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="orchd-changes")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def submit(self, change: Change) -> Any:
+        """Queue a change and wait for its result (or its ProblemError)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        await self._queue.put((change, fut))
+        return await asyncio.shield(fut)
+
+    def submit_nowait(self, change: Change) -> None:
+        """Queue a change whose result nobody waits for (signals, file events)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
+        self._queue.put_nowait((change, fut))
+
+    async def _run(self) -> None:
+        while True:
+            change, fut = await self._queue.get()
+            try:
+                result = await self.apply(change)
+            except ProblemError as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+            except Exception as exc:  # keep the consumer alive whatever a change does
+                registry_logger.exception("change %s failed", type(change).__name__)
+                if not fut.done():
+                    fut.set_exception(ProblemError(500, "Internal error", repr(exc)))
+            else:
+                if not fut.done():
+                    fut.set_result(result)
+
+    async def apply(self, change: Change) -> Any:
+        match change:
+            case Register(spec):
+                return await self._register(spec)
+            case Replace(spec):
+                return await self._replace(spec)
+            case Remove(name):
+                return await self._remove(name)
+            case SetStatus(name, status):
+                return await self._set_status(name, status)
+            case Drain(name, url, st):
+                return await self._drain(name, url, st)
+            case Reload(trigger):
+                return await self.reload(trigger)
+            case SyncFromStore(event):
+                return self._sync(event)
+        raise AssertionError(change)
+
+    # -- registry changes
+
+    async def _register(self, spec: EndpointSpec) -> dict[str, Any]:
+        reg = self.state.registry
+        existing = reg.get(spec.name)
+        if existing is not None:
+            where = ("the configuration file" if existing.source == "config"
+                     else "an earlier registration")
+            raise ProblemError(409, "Endpoint exists",
+                               f"endpoint {spec.name!r} is already defined by {where}")
+        record = Record(spec.as_document(), time.time())
+        await self._store_put(spec.name, record)
+        reg.put_api(spec, record.registration_time)
+        registry_logger.info("registered endpoint %s -> %s", spec.name, ", ".join(spec.urls))
+        self.state.bus.publish("registry", action="registered", endpoint_id=spec.name,
+                               source="api")
+        return {"endpoint_id": spec.name, "endpoint_url": spec.url}
+
+    async def _replace(self, spec: EndpointSpec) -> dict[str, Any]:
+        reg = self.state.registry
+        existing = reg.get(spec.name)
+        if existing is None:
+            raise _not_found(spec.name)
+        if existing.source == "config":
+            raise ProblemError(409, "Endpoint defined in the configuration file",
+                               f"endpoint {spec.name!r} comes from the configuration file; "
+                               "edit the file and reload")
+        record = Record(spec.as_document(), existing.registration_time)
+        await self._store_put(spec.name, record)
+        reg.put_api(spec, existing.registration_time)
+        self.state.bus.publish("registry", action="updated", endpoint_id=spec.name, source="api")
+        return {"endpoint_id": spec.name, "endpoint_url": spec.url}
+
+    async def _remove(self, name: str) -> dict[str, Any]:
+        reg = self.state.registry
+        existing = reg.get(name)
+        if existing is None:
+            raise _not_found(name)
+        if existing.source == "config":
+            raise ProblemError(409, "Endpoint defined in the configuration file",
+                               f"endpoint {name!r} comes from the configuration file; "
+                               "remove it there and reload")
+        try:
+            await self.state.store.delete(name)
+        except StoreError as exc:
+            raise _store_unavailable(self.state.store.name, exc) from None
+        reg.remove(name)
+        registry_logger.info("removed endpoint %s", name)
+        self.state.bus.publish("registry", action="removed", endpoint_id=name, source="api")
+        return {"endpoint_id": name}
+
+    async def _set_status(self, name: str, status: str) -> dict[str, Any]:
+        if status not in ("active", "disabled"):
+            raise ProblemError(422, "Invalid status",
+                               f"status must be 'active' or 'disabled', not {status!r}",
+                               errors=[FieldError("status", "must be 'active' or 'disabled'")])
+        reg = self.state.registry
+        if reg.get(name) is None:
+            raise _not_found(name)
+        old = reg.admin.get(name, AdminRecord())
+        new = AdminRecord(status == "disabled", old.targets)
+        await self._admin_put(name, new)
+        self.state.bus.publish("registry", action="status", endpoint_id=name, status=status)
+        return {"endpoint_id": name, "status": status}
+
+    async def _drain(self, name: str, url: str | None, state: str) -> dict[str, Any]:
+        assert state in ADMIN_STATES
+        reg = self.state.registry
+        entry = reg.get(name)
+        if entry is None:
+            raise _not_found(name)
+        urls = entry.spec.urls
+        if url is not None:
+            url = url.rstrip("/") if url.count("/") > 2 else url
+            if url not in urls:
+                raise ProblemError(
+                    404, "Target not found",
+                    f"endpoint {name!r} has no target {url!r} (targets: {', '.join(urls)})")
+        old = reg.admin.get(name, AdminRecord())
+        targets = dict(old.targets)
+        disabled = old.disabled
+        for u in (url,) if url else urls:
+            if state == ACTIVE:
+                targets.pop(u, None)
+            else:
+                targets[u] = state
+        if url is None and state == ACTIVE and disabled:
+            disabled = False
+        await self._admin_put(name, AdminRecord(disabled, targets))
+        action = "drained" if state == DRAINING else "enabled"
+        self.state.bus.publish("registry", action=action, endpoint_id=name, url=url)
+        return {"endpoint_id": name, "targets": [{"url": u, "admin_state": targets.get(u, ACTIVE)}
+                                                 for u in urls]}
+
+    async def _store_put(self, name: str, record: Record) -> None:
+        try:
+            await self.state.store.put(name, record)
+        except StoreError as exc:
+            raise _store_unavailable(self.state.store.name, exc) from None
+
+    async def _admin_put(self, name: str, admin: AdminRecord) -> None:
+        try:
+            await self.state.store.put_admin(name, admin)
+        except StoreError as exc:
+            raise _store_unavailable(self.state.store.name, exc) from None
+        self.state.registry.set_admin(name, admin)
+
+    def _sync(self, event: StoreEvent) -> None:
+        """Apply a change another instance wrote to the shared store."""
+        reg = self.state.registry
+        if event.kind == "admin":
+            if reg.get(event.name) is not None:
+                reg.set_admin(event.name, event.admin or AdminRecord())
+            return
+        existing = reg.get(event.name)
+        if existing is not None and existing.source == "config":
+            registry_logger.warning("store entry %s shadowed by the configuration file",
+                                    event.name)
+            return
+        if event.record is None:
+            if existing is not None:
+                reg.remove(event.name)
+                self.state.bus.publish("registry", action="removed", endpoint_id=event.name,
+                                       source="store")
+            return
+        from orchd.loader import validate_endpoint  # noqa: PLC0415 - avoid a cycle at import
+
+        try:
+            spec = validate_endpoint(event.record.config)
+        except ConfigError as exc:
+            registry_logger.error("store entry %s is invalid: %s", event.name, exc)
+            return
+        reg.put_api(spec, event.record.registration_time)
+        self.state.bus.publish("registry", action="registered" if existing is None else "updated",
+                               endpoint_id=event.name, source="store")
+
+    # -- reload
+
+    async def reload(self, trigger: str) -> dict[str, Any]:
+        state = self.state
+        status = state.last_reload
+        now = time.time()
+        status.count += 1
+        status.at = now
+        status.trigger = trigger
+        path = state.config_path
+        if path is None:
+            raise ProblemError(409, "No configuration file",
+                               "orchd was started without a configuration file")
+        try:
+            config = await asyncio.to_thread(load_config, path)
+            conflicts = [
+                FieldError(f"endpoints[{i}].name",
+                           f"{spec.name!r} is registered through the API; remove that "
+                           "registration first or rename this endpoint")
+                for i, spec in enumerate(config.endpoints)
+                if (e := state.registry.get(spec.name)) is not None and e.source == "api"
+            ]
+            if conflicts:
+                raise ConfigError(conflicts, path)
+        except ConfigError as exc:
+            status.ok = False
+            status.failures += 1
+            status.error = exc.summary()
+            status.errors = [e.as_dict() for e in exc.errors]
+            status.diff = None
+            config_logger.error("reload (%s) failed, the running configuration stays: %s",
+                                trigger, exc.summary())
+            state.bus.publish("reload", ok=False, trigger=trigger, error=status.error)
+            return {"ok": False, "error": status.error, "errors": status.errors}
+        for warning in config.warnings:
+            config_logger.warning("%s: %s", path, warning)
+        started = state.boot_file
+        restart = [f"server.{k}" for k in started.RESTART_KEYS
+                   if getattr(config.server, k) != getattr(started, k)]
+        diff = state.registry.set_config_endpoints(config.endpoints, config.circuit_breaker)
+        state.config = config
+        logging.getLogger("orchd").setLevel(config.log_level)
+        for hook in self.on_config:
+            res = hook()
+            if res is not None:
+                await res
+        status.ok = True
+        status.error = None
+        status.errors = []
+        status.diff = diff.as_dict()
+        status.restart_required = restart
+        status.last_success_at = now
+        if restart:
+            config_logger.warning("%s changed: restart orchd to apply it", ", ".join(restart))
+        config_logger.info("reload (%s): %d added, %d changed, %d removed", trigger,
+                           len(diff.added), len(diff.changed), len(diff.removed))
+        state.bus.publish("reload", ok=True, trigger=trigger, **diff.as_dict())
+        return {"ok": True, **diff.as_dict(), "restart_required": restart,
+                "warnings": list(config.warnings)}

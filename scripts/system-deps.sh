@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Install the Debian packages the test suite needs (as root), or print the exact command.
+# Usage: scripts/system-deps.sh [test|bench]
+set -euo pipefail
+set_name=${1:-test}
+# command-to-check:package
+test_pkgs=(
+  "tmux:tmux"
+  "groff:groff-base"
+  "chromium:chromium"
+  "chromedriver:chromium-driver"
+  "etcd:etcd-server"
+)
+bench_pkgs=(
+  "wrk:wrk"
+  "nginx:nginx-light"
+  "caddy:caddy"
+  "taskset:util-linux"
+)
+if [ "$set_name" = bench ]; then pkgs=("${bench_pkgs[@]}"); else pkgs=("${test_pkgs[@]}"); fi
+missing=()
+for entry in "${pkgs[@]}"; do
+  cmd=${entry%%:*}; pkg=${entry#*:}
+  if ! command -v "$cmd" >/dev/null 2>&1 && ! [ -x "/usr/sbin/$cmd" ] && ! [ -x "/usr/bin/$cmd" ]; then
+    missing+=("$pkg")
+  fi
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+  echo "installing: ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+else
+  echo "missing system packages; install them with:"
+  echo "  sudo apt-get update && sudo apt-get install -y ${missing[*]}"
+fi
