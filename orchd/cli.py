@@ -97,11 +97,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(config: Config, boot: object, path: str | None) -> int:
-    from orchd.daemon import Daemon, StartupError  # noqa: PLC0415 - keep --check light
+    from orchd.daemon import Daemon, StartupError
 
     daemon = Daemon(config, boot, path)  # type: ignore[arg-type]
     try:
-        import uvloop  # noqa: PLC0415
+        import uvloop
 
         factory = uvloop.new_event_loop
     except ImportError:  # pragma: no cover - uvloop is a dependency on every supported OS

@@ -48,9 +48,10 @@ class StartupError(Exception):
 
 def make_store(config: Config) -> Store:
     if config.registry.store == "etcd":
-        from orchd.store.etcd import EtcdStore  # noqa: PLC0415 - optional dependency path
+        from orchd.store.etcd import EtcdStore
 
-        return EtcdStore(config.registry.etcd_endpoints, config.registry.etcd_prefix)
+        store: Store = EtcdStore(config.registry.etcd_endpoints, config.registry.etcd_prefix)
+        return store
     return FileStore(config.server.state_dir)
 
 
@@ -184,8 +185,7 @@ class Daemon:
                 raise StartupError(
                     f"cannot listen on {self.boot.host}:{self.boot.port}: {exc.strerror}"
                 ) from None
-            for sock in site._server.sockets if site._server else ():  # type: ignore[union-attr]
-                server_logger.info("listening on http://%s:%s", *sock.getsockname()[:2])
+            server_logger.info("listening on http://%s:%s", self.boot.host, self.boot.port)
 
         if self.boot.control_socket:
             control_runner = web.AppRunner(control, handle_signals=False,

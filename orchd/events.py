@@ -7,6 +7,7 @@ and its queue stops growing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator, Callable
@@ -55,10 +56,8 @@ class Subscription:
         self._bus._unsubscribe(self)
         if not self.dropped:
             self.dropped = True
-            try:
+            with contextlib.suppress(asyncio.QueueFull):
                 self._queue.put_nowait(None)
-            except asyncio.QueueFull:
-                pass
 
     async def __aiter__(self) -> AsyncIterator[Event]:
         while True:

@@ -41,7 +41,8 @@ _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 _IGNORED_KEYS: tuple[tuple[PathTuple, str], ...] = (
     (("endpoints", -1, "description"), "is ignored"),
     (("circuit_breaker", "fallback_strategy"), "is ignored; use fallback_response"),
-    (("endpoints", -1, "circuit_breaker", "fallback_strategy"), "is ignored; use fallback_response"),
+    (("endpoints", -1, "circuit_breaker", "fallback_strategy"),
+     "is ignored; use fallback_response"),
     (("metrics",), "is ignored; /metrics is always served"),
 )
 
@@ -161,11 +162,11 @@ def parse_yaml(text: str, env: Mapping[str, str] | None = None) -> Document:
 
 
 @cache
-def _registry() -> Registry:  # type: ignore[type-arg]
+def _registry() -> Registry:
     resources = [
         (load_schema(n)["$id"], Resource.from_contents(load_schema(n))) for n in SCHEMA_NAMES
     ]
-    return Registry().with_resources(resources)  # type: ignore[no-any-return]
+    return Registry().with_resources(resources)
 
 
 _format_checker = FormatChecker()
@@ -200,8 +201,9 @@ def _validator(name: str) -> Draft202012Validator:
 def _message(error: jsonschema.ValidationError) -> tuple[PathTuple, str]:
     path: PathTuple = tuple(error.absolute_path)
     kind, inst = error.validator, error.instance
+    schema: dict[str, Any] = error.schema if isinstance(error.schema, dict) else {}
     if kind == "additionalProperties" and isinstance(inst, dict):
-        allowed = set(error.schema.get("properties", {}))
+        allowed = set(schema.get("properties", {}))
         extra = sorted(k for k in inst if k not in allowed)
         if extra:
             key = extra[0]
@@ -209,7 +211,7 @@ def _message(error: jsonschema.ValidationError) -> tuple[PathTuple, str]:
             return (*path, key), f"unknown key {key!r} (known keys: {known})"
     if kind == "format" and error.validator_value == "http-url":
         return path, f"{inst!r} is not an http(s) URL (scheme://host[:port][/path])"
-    if kind == "anyOf" and isinstance(inst, dict) and "name" in error.schema.get("required", []):
+    if kind == "anyOf" and isinstance(inst, dict) and "name" in schema.get("required", []):
         return path, "needs 'url' (one upstream) or 'urls' (several targets)"
     if kind == "not" and isinstance(inst, dict):
         return path, "'url' and 'urls' cannot both be set; use 'urls' for several targets"
@@ -222,7 +224,7 @@ def _message(error: jsonschema.ValidationError) -> tuple[PathTuple, str]:
         want_s = " or ".join(want) if isinstance(want, list) else want
         return path, f"{inst!r} is not of type {want_s}"
     if kind == "enum":
-        choices = ", ".join(json.dumps(c) for c in error.validator_value)
+        choices = ", ".join(json.dumps(c) for c in error.validator_value)  # type: ignore[union-attr]
         return path, f"{inst!r} is not one of {choices}"
     return path, error.message
 

@@ -182,8 +182,10 @@ class Proxy:
         peer = request.remote or ""
         prior = src.get("X-Forwarded-For")
         out["X-Forwarded-For"] = f"{prior}, {peer}" if prior else peer
-        out["X-Forwarded-Proto"] = src.get("X-Forwarded-Proto") or request.scheme
-        out["X-Forwarded-Host"] = src.get("X-Forwarded-Host") or src.get(hdrs.HOST, "")
+        # Proto and Host describe this hop as the gateway saw it: a client's own values for
+        # them are not trusted (they would let it spoof the scheme or host a backend sees).
+        out["X-Forwarded-Proto"] = "https" if request.secure else "http"
+        out["X-Forwarded-Host"] = src.get(hdrs.HOST, "")
         out["X-Request-ID"] = rid
         return out
 
@@ -209,15 +211,16 @@ class Proxy:
         tried: set[Target] = set()
         attempts = 1 + (spec.retries if method in IDEMPOTENT_METHODS else 0)
         self.budget.record_request()
+        last: _UpstreamFailed | None = None
         for attempt in range(attempts):
             try:
                 target = self._pick(route, tried)
             except _Fallback as fb:
                 return fb.response(rid, route.name)
             except ProblemError:
-                if attempt == 0:
+                if last is None:
                     raise
-                raise last.problem from None  # noqa: F821 - set on the earlier try
+                raise last.problem from None
             tried.add(target)
             try:
                 path = map_path(target.base_path, segments)
@@ -229,7 +232,6 @@ class Proxy:
                 return await self._try(request, route, target, url, method, headers,
                                        has_body, timeout, rid, started, max_body)
             except _UpstreamFailed as failed:
-                last = failed
                 if not (failed.retriable and attempt + 1 < attempts
                         and len(route.targets) > len(tried) and self.budget.try_retry()):
                     raise failed.problem from None
@@ -390,7 +392,7 @@ async def _pump_websockets(client: web.WebSocketResponse,
     tasks = [asyncio.create_task(relay(client, upstream)),
              asyncio.create_task(relay(upstream, client))]
     try:
-        done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
             task.cancel()
         for task in tasks:

@@ -109,7 +109,7 @@ class RoutingTable:
     def build(cls, routes: Sequence[Route], revision: int) -> RoutingTable:
         by_name = {r.name: r for r in routes}
         versioned = {(r.spec.version, r.name): r for r in routes if r.spec.version}
-        return cls(by_name, versioned, revision)  # type: ignore[arg-type]
+        return cls(by_name, versioned, revision)
 
     def resolve(self, raw_rest: str) -> tuple[Route, list[str]] | None:
         """``raw_rest`` is the raw path after ``/orchestrator/``: find the route and the

@@ -53,8 +53,8 @@ def _env_overrides(env: Mapping[str, str]) -> Overrides:
                               "environment")
     level = env.get("LOG_LEVEL") or None
     if level is not None and level.upper() not in LOG_LEVELS:
-        raise ConfigError([FieldError("LOG_LEVEL", f"{level!r} is not one of {', '.join(LOG_LEVELS)}")],
-                          "environment")
+        message = f"{level!r} is not one of {', '.join(LOG_LEVELS)}"
+        raise ConfigError([FieldError("LOG_LEVEL", message)], "environment")
     return Overrides(host=env.get("HOST") or None, port=port, log_level=level,
                      state_dir=env.get("ORCHD_STATE_DIR") or None,
                      control_socket=env.get("ORCHD_CONTROL_SOCKET") or None)

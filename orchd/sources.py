@@ -66,8 +66,8 @@ class ConfigWatcher:
         if self._timer is not None:
             self._timer.cancel()
         if self._observer is not None:
-            self._observer.stop()  # type: ignore[attr-defined]
-            self._observer.join(timeout=5)  # type: ignore[attr-defined]
+            self._observer.stop()
+            self._observer.join(timeout=5)
             self._observer = None
 
     def mark_loaded(self) -> None:

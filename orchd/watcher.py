@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from orchd.errors import ConfigError, FieldError, ProblemError, StoreError
-from orchd.loader import load_config
+from orchd.loader import load_config, validate_endpoint
 from orchd.log import config_logger, registry_logger
 from orchd.model import EndpointSpec
 from orchd.state import GatewayState
@@ -276,7 +276,6 @@ class ChangeConsumer:
                 self.state.bus.publish("registry", action="removed", endpoint_id=event.name,
                                        source="store")
             return
-        from orchd.loader import validate_endpoint  # noqa: PLC0415 - avoid a cycle at import
 
         try:
             spec = validate_endpoint(event.record.config)

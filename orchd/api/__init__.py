@@ -10,14 +10,14 @@ import asyncio
 
 from aiohttp import web
 
-from orchd.api import config, control, health, registry, root
+from orchd.api import config, control, events, health, registry, root
 from orchd.api.middleware import admin_auth_middleware, problem_middleware
 from orchd.proxy import Proxy
 from orchd.state import STATE, GatewayState
 
 __all__ = ("build_control_app", "build_public_app")
 
-_ADMIN_ROUTES = (root.routes, health.routes, registry.routes, config.routes)
+_ADMIN_ROUTES = (root.routes, health.routes, registry.routes, config.routes, events.routes)
 
 
 def _add_admin(app: web.Application) -> None:

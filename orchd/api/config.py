@@ -83,7 +83,7 @@ async def debug(request: web.Request) -> web.Response:
     state = get_state(request)
     raw = request.raw_path
     rest = raw.split("/router/debug/", 1)[1] if "/router/debug/" in raw else ""
-    path, _, query = rest.partition("?")
+    path, _, _query = rest.partition("?")
     if path.startswith("orchestrator/"):
         path = path[len("orchestrator/"):]
     resolved = state.registry.snapshot.resolve(path)

@@ -202,7 +202,8 @@ async def _operate(request: web.Request, action: str) -> web.Response:
     url = request.query.get("url")
     targets = [t for t in route.targets if url is None or t.url == url.rstrip("/")]
     if not targets:
-        raise ProblemError(404, "Target not found", f"endpoint {route.name!r} has no target {url!r}")
+        raise ProblemError(404, "Target not found",
+                           f"endpoint {route.name!r} has no target {url!r}")
     for t in targets:
         if action == "trip":
             t.breaker.trip()

@@ -22,7 +22,7 @@ _SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 def problem_response(exc: ProblemError, request: web.Request | None = None) -> web.Response:
-    import json  # noqa: PLC0415
+    import json
 
     instance = request.path if request is not None else None
     body = json.dumps(exc.body(instance), default=str)

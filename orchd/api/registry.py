@@ -138,8 +138,8 @@ async def set_status(request: web.Request) -> web.Response:
     if status is None:
         body = await read_json(request)
         if not isinstance(body, dict) or not isinstance(body.get("status"), str):
-            raise ConfigError([FieldError("status",
-                                          "the body must be {\"status\": \"active\"|\"disabled\"}")])
+            message = 'the body must be {"status": "active"} or {"status": "disabled"}'
+            raise ConfigError([FieldError("status", message)])
         extra = sorted(set(body) - {"status"})
         if extra:
             raise ConfigError([FieldError(extra[0], f"unknown key {extra[0]!r}")])

@@ -89,7 +89,8 @@ class FileStore:
             ) from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise StoreError(
-                f"{self.path}: not an orchd registry store (expected an object with format {FORMAT})"
+                f"{self.path}: not an orchd registry store "
+                f"(expected an object with format {FORMAT})"
             )
         for key in ("endpoints", "admin"):
             if not isinstance(data.get(key, {}), dict):

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.support import Orchd, Upstream, echo_app
+
+
+@pytest.fixture
+def orchd_factory() -> Iterator[Callable[..., Orchd]]:
+    """Start real orchd processes; every one is stopped and its directory removed after."""
+    started: list[Orchd] = []
+
+    def make(config: dict[str, Any] | str, start: bool = True, **kw: Any) -> Orchd:
+        daemon = Orchd(config, **kw)
+        started.append(daemon)
+        if start:
+            daemon.start()
+        return daemon
+
+    yield make
+    for daemon in started:
+        daemon.cleanup()
+
+
+@pytest.fixture
+async def upstream_factory() -> AsyncIterator[Callable[..., Any]]:
+    """Start real aiohttp upstream servers on loopback; all are stopped after the test."""
+    started: list[Upstream] = []
+
+    async def make(app: Any = None, port: int = 0) -> Upstream:
+        up = Upstream(app if app is not None else echo_app())
+        await up.start(port)
+        started.append(up)
+        return up
+
+    yield make
+    for up in started:
+        await up.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(auto_decompress=False) as session:
+        yield session
