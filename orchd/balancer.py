@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 
 from orchd.router import Route
 from orchd.target import ACTIVE, Target
@@ -34,14 +35,17 @@ def choose(route: Route, exclude: frozenset[Target] | set[Target] = frozenset())
         return None
     panic = in_panic(route)
     start = route.rr
-    route.rr = (start + 1) % n
     for i in range(n):
-        t = targets[(start + i) % n]
+        index = (start + i) % n
+        t = targets[index]
         if t.admin_state != ACTIVE or t in exclude:
             continue
         if not panic and not t.passes_health:
             continue
         if t.breaker.acquire():
+            # The cursor moves past the chosen target, so the targets left share the
+            # load evenly when one is skipped.
+            route.rr = (index + 1) % n
             return t
     return None
 
@@ -51,7 +55,8 @@ class RetryBudget:
 
     __slots__ = ("_buckets", "_clock", "_requests", "_retries", "ratio", "window")
 
-    def __init__(self, ratio: float = 0.2, window: float = 10.0, clock=time.monotonic) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, ratio: float = 0.2, window: float = 10.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.ratio = ratio
         self.window = window
         self._clock = clock

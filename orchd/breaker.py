@@ -106,7 +106,7 @@ class CircuitBreaker:
     def success(self) -> None:
         self.total_successes += 1
         self.last_success_time = self._wall()
-        if self._state == HALF_OPEN:
+        if self.state == HALF_OPEN:
             self._transition(CLOSED, "trial request succeeded")
         elif self._state == CLOSED:
             self.failure_count = 0
@@ -115,7 +115,7 @@ class CircuitBreaker:
         self.total_failures += 1
         self.last_failure = reason
         self.last_failure_time = self._wall()
-        if self._state == HALF_OPEN:
+        if self.state == HALF_OPEN:
             self.failure_count += 1
             self._open(f"trial request failed: {reason}")
         elif self._state == CLOSED:
@@ -130,10 +130,14 @@ class CircuitBreaker:
     # -- operator actions
 
     def trip(self, reason: str = "tripped by an operator") -> None:
+        """Force the breaker open; it stays ``forced_open`` until ``reset()``."""
         self._transition(FORCED_OPEN, reason)
 
     def reset(self, reason: str = "reset by an operator") -> None:
+        """Close the breaker and clear its counts, whatever its state."""
         self._transition(CLOSED, reason)
+        self.failure_count = 0
+        self.half_open_calls = 0
 
     def update_settings(self, settings: BreakerSettings) -> None:
         self.settings = settings
