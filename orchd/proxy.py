@@ -124,7 +124,7 @@ class Proxy:
         if method not in route.methods and not (method == "HEAD" and "GET" in route.methods):
             raise ProblemError(405, "Method not allowed",
                                f"endpoint {route.name!r} accepts {', '.join(route.methods)}",
-                               headers={**ep_headers, "Allow": ", ".join(sorted(route.methods))})
+                               headers={**ep_headers, "Allow": _allow(route.methods)})
         spec = route.spec
         if spec.require_auth and not has_credential(request, spec.auth_type):
             scheme = {"basic": "Basic", "api_key": "ApiKey"}.get(spec.auth_type, "Bearer")
@@ -283,6 +283,13 @@ class Proxy:
                     headers=ep_headers, extra={"reason": "upstream_refused"}),
                     f"connect error: {why}", retriable=True) from None
             except (aiohttp.ClientError, OSError) as exc:
+                if _caused_by(exc, BodyTooLarge):
+                    # aiohttp wraps what the body iterator raised in a connection error.
+                    breaker.release()
+                    reported = True
+                    raise ProblemError(413, "Request body too large",
+                                       f"the body is larger than the limit of {max_body} bytes",
+                                       headers=ep_headers) from None
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 breaker.failure(reason)
                 reported = True
@@ -402,6 +409,22 @@ async def _pump_websockets(client: web.WebSocketResponse,
         for task in tasks:
             task.cancel()
         await upstream.close()
+
+
+def _allow(methods: frozenset[str]) -> str:
+    """The ``Allow`` header: HEAD is served wherever GET is."""
+    return ", ".join(sorted(methods | {"HEAD"} if "GET" in methods else methods))
+
+
+def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, kind):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
 
 
 def _abort(request: web.Request) -> None:
