@@ -1,0 +1,5 @@
+"""``python -m orchctl``."""
+
+from orchctl.main import main
+
+raise SystemExit(main())
