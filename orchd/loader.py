@@ -202,13 +202,6 @@ def _message(error: jsonschema.ValidationError) -> tuple[PathTuple, str]:
     path: PathTuple = tuple(error.absolute_path)
     kind, inst = error.validator, error.instance
     schema: dict[str, Any] = error.schema if isinstance(error.schema, dict) else {}
-    if kind == "additionalProperties" and isinstance(inst, dict):
-        allowed = set(schema.get("properties", {}))
-        extra = sorted(k for k in inst if k not in allowed)
-        if extra:
-            key = extra[0]
-            known = ", ".join(sorted(allowed))
-            return (*path, key), f"unknown key {key!r} (known keys: {known})"
     if kind == "format" and error.validator_value == "http-url":
         return path, f"{inst!r} is not an http(s) URL (scheme://host[:port][/path])"
     if kind == "anyOf" and isinstance(inst, dict) and "name" in schema.get("required", []):
@@ -234,10 +227,24 @@ def _errors(name: str, doc: Document, prefix: PathTuple = ()) -> list[FieldError
     errors = sorted(_validator(name).iter_errors(doc.data),
                     key=lambda e: [str(p) for p in e.absolute_path])
     for error in errors:
-        path, msg = _message(error)
-        line = doc.line_of(path) if doc.lines else None
-        out.append(FieldError(format_path((*prefix, *path)), msg, line))
+        for path, msg in _messages(error):
+            line = doc.line_of(path) if doc.lines else None
+            out.append(FieldError(format_path((*prefix, *path)), msg, line))
     return out
+
+
+def _messages(error: jsonschema.ValidationError) -> list[tuple[PathTuple, str]]:
+    """One message per problem: an object with several unknown keys names each of them."""
+    inst = error.instance
+    schema: dict[str, Any] = error.schema if isinstance(error.schema, dict) else {}
+    if error.validator == "additionalProperties" and isinstance(inst, dict):
+        path: PathTuple = tuple(error.absolute_path)
+        allowed = set(schema.get("properties", {}))
+        known = ", ".join(sorted(allowed))
+        extra = sorted((k for k in inst if k not in allowed), key=str)
+        if extra:
+            return [((*path, k), f"unknown key {k!r} (known keys: {known})") for k in extra]
+    return [_message(error)]
 
 
 def _duplicate_names(endpoints: Sequence[Any], doc: Document) -> list[FieldError]:

@@ -11,7 +11,7 @@ from aiohttp import web
 from orchd.errors import ConfigError, ProblemError
 from orchd.log import server_logger
 from orchd.router import PREFIX
-from orchd.state import STATE
+from orchd.state import STATE, stamp
 
 __all__ = ("admin_auth_middleware", "problem_middleware", "problem_response")
 
@@ -25,7 +25,7 @@ def problem_response(exc: ProblemError, request: web.Request | None = None) -> w
     import json
 
     instance = request.path if request is not None else None
-    body = json.dumps(exc.body(instance), default=str)
+    body = json.dumps(stamp(exc.body(instance)), default=str)
     resp = web.Response(status=exc.status, text=body, content_type=PROBLEM_TYPE,
                         headers=dict(exc.headers))
     return resp

@@ -65,6 +65,17 @@ def test_unknown_endpoint_key() -> None:
     assert errs[0].startswith("endpoints[0].methdos (line 4): unknown key 'methdos'")
 
 
+def test_every_unknown_key_is_named() -> None:
+    errs = errors_of("""
+        server:
+          prot: 1
+          hots: x
+        extra: true
+    """)
+    assert [e.split(":")[0] for e in errs] == ["extra (line 4)", "server.hots (line 3)",
+                                               "server.prot (line 2)"]
+
+
 def test_bad_url_message_in_design_style() -> None:
     errs = errors_of("""
         endpoints:
