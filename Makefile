@@ -31,6 +31,33 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
+## install: orchd and orchctl, systemd units, man pages, example config (DESTDIR, PREFIX)
+BINDIR         ?= $(PREFIX)/bin
+MANDIR         ?= $(PREFIX)/share/man
+SYSCONFDIR     ?= /etc
+SYSTEMDUNITDIR ?= $(PREFIX)/lib/systemd/system
+SYSUSERSDIR    ?= $(PREFIX)/lib/sysusers.d
+DOCDIR         ?= $(PREFIX)/share/doc/orchd
+PIP_INSTALL_FLAGS ?=
+
+install:
+	$(PYTHON) -m pip install --quiet --no-warn-script-location --root "$(DESTDIR)/" \
+		--prefix "$(PREFIX)" $(PIP_INSTALL_FLAGS) .
+	install -d "$(DESTDIR)$(SYSTEMDUNITDIR)" "$(DESTDIR)$(SYSUSERSDIR)" \
+		"$(DESTDIR)$(MANDIR)/man1" "$(DESTDIR)$(MANDIR)/man5" "$(DESTDIR)$(MANDIR)/man8" \
+		"$(DESTDIR)$(SYSCONFDIR)/orchd" "$(DESTDIR)$(DOCDIR)"
+	sed -e 's#/usr/local/bin/orchd#$(BINDIR)/orchd#g' -e 's#/etc/orchd/#$(SYSCONFDIR)/orchd/#g' \
+		systemd/orchd.service > "$(DESTDIR)$(SYSTEMDUNITDIR)/orchd.service"
+	chmod 644 "$(DESTDIR)$(SYSTEMDUNITDIR)/orchd.service"
+	install -m 644 systemd/orchd.socket "$(DESTDIR)$(SYSTEMDUNITDIR)/orchd.socket"
+	install -m 644 systemd/orchd.sysusers "$(DESTDIR)$(SYSUSERSDIR)/orchd.conf"
+	install -m 644 man/orchctl.1 "$(DESTDIR)$(MANDIR)/man1/orchctl.1"
+	install -m 644 man/orchestrator.yaml.5 "$(DESTDIR)$(MANDIR)/man5/orchestrator.yaml.5"
+	install -m 644 man/orchd.8 "$(DESTDIR)$(MANDIR)/man8/orchd.8"
+	install -m 644 etc/orchestrator.yaml "$(DESTDIR)$(DOCDIR)/orchestrator.yaml.example"
+	test -e "$(DESTDIR)$(SYSCONFDIR)/orchd/orchestrator.yaml" || \
+		install -m 644 etc/orchestrator.yaml "$(DESTDIR)$(SYSCONFDIR)/orchd/orchestrator.yaml"
+
 check-config: $(STAMP)
 	$(BIN)/orchd --check --config etc/orchestrator.yaml
 
