@@ -2,7 +2,9 @@
 
 The interface is small so that the embedded file store and the etcd store are
 interchangeable: ``load`` at start, ``put``/``delete`` for endpoints, ``put_admin`` for
-administrative state, and ``watch`` for changes made by other instances.
+administrative state, ``renew`` for the heartbeat of a registration with a ``ttl``, and
+``watch`` for changes made elsewhere (other instances, expired registrations) and for the
+store's own reachability.
 """
 
 from __future__ import annotations
@@ -56,12 +58,19 @@ class StoreState:
 
 @dataclass(frozen=True, slots=True)
 class StoreEvent:
-    """A change made elsewhere (another instance): ``record`` None means deleted."""
+    """A change made elsewhere (another instance, an expiry): ``record`` None means deleted.
+
+    ``kind`` is ``endpoint``, ``admin`` or ``status``; a ``status`` event says the store
+    became unreachable (``error`` set) or reachable again (``error`` None). ``revision``
+    orders the event against this instance's own writes (see ``Store.is_stale``).
+    """
 
     name: str
     record: Record | None = None
     admin: AdminRecord | None = None
     kind: str = "endpoint"
+    revision: int = 0
+    error: str | None = None
 
 
 class Store(Protocol):
@@ -74,6 +83,14 @@ class Store(Protocol):
     async def delete(self, name: str) -> None: ...
 
     async def put_admin(self, name: str, admin: AdminRecord) -> None: ...
+
+    async def renew(self, name: str) -> float:
+        """Extend a ``ttl`` registration's life; answer its ttl. LookupError: it expired."""
+        ...
+
+    def is_stale(self, event: StoreEvent) -> bool:
+        """True when this instance wrote the event's key after the event happened."""
+        ...
 
     def watch(self) -> AsyncIterator[StoreEvent]: ...
 

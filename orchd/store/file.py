@@ -3,6 +3,11 @@
 Every write goes to a temporary file in the same directory, is fsync'd, renamed over the
 store file and the directory is fsync'd: after ``put`` returns, the change survives a crash.
 A store file that cannot be read or parsed stops the start; it is never overwritten.
+
+Registrations with a ``ttl`` expire here too: each has a deadline, moved on by ``renew``
+(the heartbeat) and kept in memory only. After a restart every such registration gets a
+whole ``ttl`` from the start to send its next heartbeat, as etcd does for leases when a new
+leader takes over. ``watch`` deletes what expired and reports it.
 """
 
 from __future__ import annotations
@@ -10,13 +15,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import itertools
 import json
+import math
 import os
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from orchd.errors import StoreError
+from orchd.log import registry_logger as logger
 from orchd.store import AdminRecord, Record, StoreEvent, StoreState
 
 __all__ = ("FileStore",)
@@ -35,6 +44,10 @@ class FileStore:
         self._admin: dict[str, AdminRecord] = {}
         self._lock_fd: int | None = None
         self._write_lock = asyncio.Lock()
+        self._deadlines: dict[str, float] = {}  # name -> time.monotonic() of expiry
+        self._revisions: dict[str, int] = {}  # name -> counter of the last write
+        self._counter = itertools.count(1)
+        self._wake = asyncio.Event()
 
     # -- start
 
@@ -65,6 +78,9 @@ class FileStore:
         self._admin = {
             name: AdminRecord.from_json(rec) for name, rec in data.get("admin", {}).items()
         }
+        now = time.monotonic()
+        self._deadlines = {name: now + ttl for name, rec in self._endpoints.items()
+                           if (ttl := _ttl(rec)) is not None}
         return StoreState(dict(self._endpoints), dict(self._admin))
 
     def _record(self, name: str, rec: Any) -> Record:
@@ -100,28 +116,60 @@ class FileStore:
     # -- writes
 
     async def put(self, name: str, record: Record) -> None:
-        endpoints = {**self._endpoints, name: record}
-        await self._commit(endpoints, self._admin)
+        def update(endpoints: dict[str, Record], admin: dict[str, AdminRecord]) -> None:
+            endpoints[name] = record
+
+        await self._commit(update)
+        self._revisions[name] = next(self._counter)
+        ttl = _ttl(record)
+        if ttl is None:
+            self._deadlines.pop(name, None)
+        else:
+            self._deadlines[name] = time.monotonic() + ttl
+        self._wake.set()
 
     async def delete(self, name: str) -> None:
-        endpoints = {k: v for k, v in self._endpoints.items() if k != name}
-        admin = {k: v for k, v in self._admin.items() if k != name}
-        await self._commit(endpoints, admin)
+        def update(endpoints: dict[str, Record], admin: dict[str, AdminRecord]) -> None:
+            endpoints.pop(name, None)
+            admin.pop(name, None)
+
+        await self._commit(update)
+        self._revisions[name] = next(self._counter)
+        self._deadlines.pop(name, None)
 
     async def put_admin(self, name: str, admin: AdminRecord) -> None:
-        merged = {k: v for k, v in self._admin.items() if k != name}
-        if not admin.is_empty():
-            merged[name] = admin
-        await self._commit(self._endpoints, merged)
+        def update(endpoints: dict[str, Record], merged: dict[str, AdminRecord]) -> None:
+            merged.pop(name, None)
+            if not admin.is_empty():
+                merged[name] = admin
 
-    async def _commit(self, endpoints: dict[str, Record], admin: dict[str, AdminRecord]) -> None:
-        doc = {
-            "format": FORMAT,
-            "endpoints": {k: v.as_json() for k, v in sorted(endpoints.items())},
-            "admin": {k: v.as_json() for k, v in sorted(admin.items())},
-        }
-        payload = json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
+        await self._commit(update)
+
+    async def renew(self, name: str) -> float:
+        record = self._endpoints.get(name)
+        ttl = None if record is None else _ttl(record)
+        if ttl is None or name not in self._deadlines:
+            raise LookupError(name)
+        self._deadlines[name] = time.monotonic() + ttl
+        return ttl
+
+    def is_stale(self, event: StoreEvent) -> bool:
+        return event.revision < self._revisions.get(event.name, 0)
+
+    async def _commit(
+        self, update: Callable[[dict[str, Record], dict[str, AdminRecord]], None]
+    ) -> None:
+        """Apply ``update`` to copies of the current state and write them; the copies are
+        made under the lock, so concurrent writers (the API, expiry) never lose a change."""
         async with self._write_lock:
+            endpoints, admin = dict(self._endpoints), dict(self._admin)
+            update(endpoints, admin)
+            doc = {
+                "format": FORMAT,
+                "endpoints": {k: v.as_json() for k, v in sorted(endpoints.items())},
+                "admin": {k: v.as_json() for k, v in sorted(admin.items())},
+            }
+            payload = json.dumps(doc, indent=1, sort_keys=True).encode() + b"\n"
             await asyncio.to_thread(self._write, payload)
             self._endpoints, self._admin = endpoints, admin
 
@@ -148,11 +196,32 @@ class FileStore:
             raise StoreError(f"{self.path}: cannot write the store file: {exc.strerror}") from None
 
     async def watch(self) -> AsyncIterator[StoreEvent]:
-        """One instance owns the file: nothing changes behind its back."""
-        await asyncio.Event().wait()
-        yield StoreEvent("")  # pragma: no cover - never reached
+        """One instance owns the file: nothing changes behind its back but expiries."""
+        while True:
+            now = time.monotonic()
+            for name in [n for n, at in self._deadlines.items() if at <= now]:
+                try:
+                    await self.delete(name)
+                except StoreError as exc:
+                    logger.error("cannot remove expired registration %s: %s", name, exc)
+                    self._deadlines[name] = time.monotonic() + 1.0
+                    continue
+                logger.info("registration %s expired (no heartbeat within its ttl)", name)
+                yield StoreEvent(name, None, revision=self._revisions[name])
+            self._wake.clear()
+            nearest = min(self._deadlines.values(), default=None)
+            timeout = None if nearest is None else max(0.0, nearest - time.monotonic())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout)
 
     async def close(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+
+def _ttl(record: Record) -> float | None:
+    ttl = record.config.get("ttl") if isinstance(record.config, Mapping) else None
+    if isinstance(ttl, int | float) and math.isfinite(ttl) and ttl > 0:
+        return float(ttl)
+    return None
