@@ -7,7 +7,9 @@ import asyncio
 import json
 import logging
 import os
+import re
 import sys
+import time
 from collections.abc import Sequence
 
 from orchd import __version__
@@ -24,21 +26,71 @@ EXIT_USAGE = 2
 EXIT_STARTUP = 3
 
 
-class _JsonFormatter(logging.Formatter):
+_REDACTED = "[REDACTED]"
+# A credential that slipped into a message: "Bearer xyz", "Authorization: ...", "api_key=...".
+_SECRET_PATTERNS = (
+    re.compile(r"(?i)\b(bearer|basic|digest)(\s+)[A-Za-z0-9._~+/=:-]+"),
+    re.compile(r"(?i)\b(authorization|proxy-authorization|cookie|set-cookie|x-api-key|"
+               r"api[_-]?key|admin_token|password)(['\"]?\s*[:=]\s*['\"]?)[^'\"\s,;}]+"),
+)
+
+
+class RedactingFilter(logging.Filter):
+    """The last guard: scrubs credentials and the admin token from every record's message.
+
+    Nothing in orchd logs a header value; this catches what a library or a future change
+    might let through.
+    """
+
+    def __init__(self, secrets: Sequence[str] = ()) -> None:
+        super().__init__()
+        self.secrets = tuple(s for s in secrets if len(s) >= 4)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = message
+        for secret in self.secrets:
+            if secret in clean:
+                clean = clean.replace(secret, _REDACTED)
+        for pattern in _SECRET_PATTERNS:
+            clean = pattern.sub(rf"\1\2{_REDACTED}", clean)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; access log fields become keys of their own."""
+
     def format(self, record: logging.LogRecord) -> str:
-        out = {"time": self.formatTime(record), "level": record.levelname,
-               "logger": record.name, "message": record.getMessage()}
+        out: dict[str, object] = {
+            "time": self.formatTime(record), "level": record.levelname,
+            "logger": record.name, "message": record.getMessage()}
+        access = getattr(record, "access", None)
+        if isinstance(access, dict):
+            out.update(access)
         if record.exc_info:
             out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out)
+        return json.dumps(out, default=str)
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{iso}.{int(record.msecs):03d}Z"
 
 
-def configure_logging(level: str, fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+def configure_logging(level: str, fmt: str = "text", log_file: str | None = None,
+                      secrets: Sequence[str] = ()) -> None:
+    """Root handler on stderr, or on ``log_file`` (reopened on SIGUSR1 by the daemon)."""
+    handler: logging.Handler
+    if log_file:
+        handler = logging.FileHandler(log_file, encoding="utf-8")
+    else:
+        handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
-        handler.setFormatter(_JsonFormatter())
+        handler.setFormatter(JsonFormatter())
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(RedactingFilter(secrets))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
@@ -89,7 +141,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"orchd: configuration {path or '(defaults)'} is valid "
               f"({len(config.endpoints)} endpoints)")
         return EXIT_OK
-    configure_logging(config.log_level, config.server.log_format)
+    try:
+        configure_logging(config.log_level, config.server.log_format, config.server.log_file,
+                          secrets=[config.server.admin_token])
+    except OSError as exc:
+        print(f"orchd: cannot open log file {config.server.log_file}: {exc.strerror}",
+              file=sys.stderr)
+        return EXIT_STARTUP
     if path is None:
         logging.getLogger("orchd.config").warning(
             "no configuration file found; starting with defaults and no endpoints")

@@ -21,7 +21,7 @@ import aiohttp
 from aiohttp import web
 
 from orchd import __version__, systemd
-from orchd.accesslog import AccessLogger, JsonAccessLogger
+from orchd.accesslog import access_logger_class
 from orchd.api import build_control_app, build_public_app
 from orchd.balancer import RetryBudget
 from orchd.errors import ConfigError, StoreError
@@ -29,6 +29,7 @@ from orchd.events import EventBus
 from orchd.health import HealthChecker
 from orchd.loader import validate_endpoint
 from orchd.log import access_logger, server_logger
+from orchd.metrics import Metrics
 from orchd.model import Config, ServerSettings
 from orchd.proxy import Proxy
 from orchd.registry import Registry
@@ -161,14 +162,16 @@ class Daemon:
         proxy = Proxy(state, self._session, RetryBudget())
         self.proxy = proxy
 
-        public = build_public_app(state, proxy)
-        control = build_control_app(state, self.stop_event)
-        log_cls = JsonAccessLogger if state.config.server.log_format == "json" else AccessLogger
-        shutdown = state.config.server.shutdown_timeout
+        server = state.config.server
+        metrics = Metrics(state) if server.metrics else None
+        public = build_public_app(state, proxy, metrics)
+        control = build_control_app(state, self.stop_event, metrics)
+        shutdown = server.shutdown_timeout
+        # One hook per finished request: the access log line and the request metrics.
         public_runner = web.AppRunner(
             public, handle_signals=False, shutdown_timeout=shutdown,
-            access_log=access_logger if state.config.server.access_log else None,
-            access_log_class=log_cls,
+            access_log=access_logger if server.access_log or metrics is not None else None,
+            access_log_class=access_logger_class(metrics, server.access_log),
         )
         await public_runner.setup()
         self._runners.append(public_runner)

@@ -45,6 +45,7 @@ class Subscription:
             final = Event(event.id, "subscriber_dropped",
                           {"reason": f"fell more than {self._maxsize} events behind"})
             self._queue.put_nowait(final)  # the one slot kept free for it
+            self._bus.dropped += 1
             self._bus._unsubscribe(self)
             return
         self._queue.put_nowait(event)
@@ -84,6 +85,7 @@ class EventBus:
         self._listeners: list[Callable[[Event], None]] = []
         self.queue_size = queue_size
         self.published = 0
+        self.dropped = 0  # subscribers dropped for falling behind
 
     def publish(self, type: str, **data: Any) -> Event:
         event = Event(next(self._ids), type, data)

@@ -40,8 +40,11 @@ class ServerSettings:
     max_body_size: int = 10 * 1024 * 1024
     access_log: bool = True
     log_format: str = "text"
+    log_file: str | None = None
+    metrics: bool = True
 
-    RESTART_KEYS = ("host", "port", "control_socket", "socket_group", "state_dir")
+    RESTART_KEYS = ("host", "port", "control_socket", "socket_group", "state_dir", "log_file",
+                    "metrics")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ServerSettings:

@@ -267,6 +267,7 @@ class Proxy:
                                    headers=ep_headers) from None
             except TimeoutError:
                 breaker.failure(f"timeout after {route.spec.timeout:g}s")
+                request["upstream_error"] = "timeout"
                 reported = True
                 raise _UpstreamFailed(ProblemError(
                     504, "Upstream timeout",
@@ -276,6 +277,7 @@ class Proxy:
             except aiohttp.ClientConnectorError as exc:
                 why = exc.os_error.strerror or str(exc.os_error)
                 breaker.failure(f"connect error: {why}")
+                request["upstream_error"] = "refused"
                 reported = True
                 raise _UpstreamFailed(ProblemError(
                     502, "Upstream refused the connection",
@@ -292,6 +294,7 @@ class Proxy:
                                        headers=ep_headers) from None
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 breaker.failure(reason)
+                request["upstream_error"] = "reset"
                 reported = True
                 raise _UpstreamFailed(ProblemError(
                     502, "Upstream connection broke",
@@ -302,6 +305,7 @@ class Proxy:
             status = upstream.status
             if status >= 500:
                 breaker.failure(f"HTTP {status}")
+                request["upstream_error"] = "5xx"
                 reported = True
             elapsed = time.perf_counter() - started
             resp = web.StreamResponse(status=status, reason=upstream.reason)
@@ -322,6 +326,7 @@ class Proxy:
                         await resp.write(chunk)
             except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError,
                     TimeoutError) as exc:
+                request["upstream_error"] = "timeout" if isinstance(exc, TimeoutError) else "reset"
                 if not reported:
                     breaker.failure(f"body broke: {type(exc).__name__}")
                     reported = True
@@ -364,6 +369,8 @@ class Proxy:
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
                 reason = f"websocket connect failed: {type(exc).__name__}: {exc}"
                 target.breaker.failure(reason)
+                request["upstream_error"] = (
+                    "timeout" if isinstance(exc, TimeoutError) else "refused")
                 raise ProblemError(502, "Upstream refused the WebSocket", f"{route.name}: "
                                    f"{target.url}: {reason}",
                                    headers={"X-Endpoint-ID": route.name}) from None

@@ -1,0 +1,324 @@
+"""Prometheus metrics and the dashboard's traffic figures, one ``Metrics`` per daemon.
+
+Three ways in, none of them scattered through the request path:
+
+* ``observe()`` is called once per finished request by the access-log hook (orchd.accesslog)
+  with the endpoint, target and upstream error the proxy noted on the request;
+* ``on_event()`` is an EventBus listener (breaker and health transitions, registry removals);
+* ``Metrics`` is also a collector: breaker, health, registry, reload and in-flight figures
+  are read from the live state when ``/metrics`` is scraped, so they can never drift.
+
+Every metric lives in this instance's own ``CollectorRegistry``, never the global one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterable
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from orchd import __version__
+from orchd.breaker import CLOSED, FORCED_OPEN, HALF_OPEN, OPEN
+from orchd.events import Event
+from orchd.target import HEALTHY, UNHEALTHY, UNKNOWN
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from orchd.state import GatewayState
+
+__all__ = ("CONTENT_TYPE", "LATENCY_BUCKETS", "Metrics", "Window")
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+UNMATCHED = "_unmatched"  # requests under /orchestrator/ that named no endpoint
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+_BREAKER_STATES = (CLOSED, OPEN, HALF_OPEN, FORCED_OPEN)
+_HEALTH_STATES = (HEALTHY, UNHEALTHY, UNKNOWN)
+_ENDPOINT_STATUSES = ("active", "draining", "disabled", "unhealthy")
+
+STATS_INTERVAL = 2.0  # seconds between two "stats" events for the dashboard
+RATE_WINDOW = 10.0  # requests per second are counted over this many seconds
+LATENCY_WINDOW = 60.0  # p50/p99 and the error rate cover this many seconds
+_MAX_SAMPLES = 4096  # per endpoint: bounded whatever the traffic
+
+
+class Window:
+    """The recent requests of one endpoint: bounded samples and the last few errors."""
+
+    __slots__ = ("errors", "samples", "total")
+
+    def __init__(self) -> None:
+        self.samples: deque[tuple[float, float, bool]] = deque(maxlen=_MAX_SAMPLES)
+        self.errors: deque[dict[str, Any]] = deque(maxlen=5)
+        self.total = 0
+
+    def add(self, now: float, duration: float, failed: bool) -> None:
+        self.samples.append((now, duration, failed))
+        self.total += 1
+
+    def summary(self, now: float) -> dict[str, Any]:
+        recent = [s for s in self.samples if now - s[0] <= LATENCY_WINDOW]
+        rate_n = sum(1 for s in recent if now - s[0] <= RATE_WINDOW)
+        # Until the window has filled, divide by the time the samples actually span.
+        span = RATE_WINDOW
+        if self.samples and len(self.samples) == self.samples.maxlen:
+            span = min(RATE_WINDOW, max(now - self.samples[0][0], 0.001))
+        latencies = sorted(s[1] for s in recent)
+        failed = sum(1 for s in recent if s[2])
+        return {
+            "requests_per_second": round(rate_n / span, 3),
+            "p50_ms": _quantile_ms(latencies, 0.50),
+            "p99_ms": _quantile_ms(latencies, 0.99),
+            "error_rate": round(failed / len(recent), 4) if recent else 0.0,
+            "window_requests": len(recent),
+            "total_requests": self.total,
+            "last_errors": list(self.errors),
+        }
+
+
+def _quantile_ms(sorted_values: list[float], q: float) -> float | None:
+    if not sorted_values:
+        return None
+    index = min(len(sorted_values) - 1, int(q * len(sorted_values)))
+    return round(sorted_values[index] * 1000, 3)
+
+
+def _status_class(status: int) -> str:
+    return _CLASSES[status // 100 - 1] if 100 <= status < 600 else "other"
+
+
+class Metrics(Collector):
+    """All of orchd's metrics; built by the composition root, one per daemon."""
+
+    def __init__(self, state: GatewayState) -> None:
+        self.state = state
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "orchd_requests", "Requests through the proxy, by endpoint, method and status class.",
+            ("endpoint", "method", "code"), registry=r)
+        self.latency = Histogram(
+            "orchd_upstream_latency_seconds",
+            "Time from a proxied request's arrival to the end of the upstream's answer, for "
+            "requests that reached an upstream target.",
+            ("endpoint",), buckets=LATENCY_BUCKETS, registry=r)
+        self.upstream_errors = Counter(
+            "orchd_upstream_errors", "Upstream failures by kind: refused, timeout, reset, 5xx.",
+            ("endpoint", "kind"), registry=r)
+        self.breaker_transitions = Counter(
+            "orchd_circuit_breaker_transitions", "Circuit breaker transitions, by new state.",
+            ("endpoint", "state"), registry=r)
+        self.health_transitions = Counter(
+            "orchd_health_transitions", "Target health transitions, by new health.",
+            ("endpoint", "health"), registry=r)
+        r.register(self)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        # Label children are cached: a dict lookup per request instead of .labels().
+        self._req_children: dict[tuple[str, str, int], tuple[Any, tuple[str, ...]]] = {}
+        self._lat_children: dict[str, Any] = {}
+        self._err_children: dict[tuple[str, str], Any] = {}
+        self._transitions: set[tuple[Counter, tuple[str, ...]]] = set()
+        self.windows: dict[str, Window] = {}
+        state.bus.add_listener(self.on_event)
+
+    # -- the request hook (one call per finished request)
+
+    def observe(self, request: web.BaseRequest, status: int, duration: float) -> None:
+        endpoint = request.get("endpoint")
+        if endpoint is None:
+            if not request.path.startswith("/orchestrator/"):
+                return  # admin, health, docs: not proxy traffic
+            endpoint = UNMATCHED
+        method = request.method
+        key = (endpoint, method, status // 100)
+        cached = self._req_children.get(key)
+        if cached is None:
+            labels = (endpoint, method if method in _METHODS else "OTHER", _status_class(status))
+            cached = self._req_children[key] = (self.requests.labels(*labels), labels)
+        cached[0].inc()
+        if endpoint is UNMATCHED:
+            return
+        kind = request.get("upstream_error")
+        if request.get("target") is not None:
+            lat = self._lat_children.get(endpoint)
+            if lat is None:
+                lat = self._lat_children[endpoint] = self.latency.labels(endpoint)
+            lat.observe(duration)
+        if kind is not None:
+            err = self._err_children.get((endpoint, kind))
+            if err is None:
+                err = self._err_children[(endpoint, kind)] = self.upstream_errors.labels(
+                    endpoint, kind)
+            err.inc()
+        window = self.windows.get(endpoint)
+        if window is None:
+            window = self.windows[endpoint] = Window()
+        now = time.time()
+        failed = status >= 500 or kind is not None
+        window.add(now, duration, failed)
+        if failed:
+            window.errors.appendleft({
+                "time": now, "status": status, "kind": kind or _status_class(status),
+                "target": request.get("target"), "request_id": request.get("request_id"),
+                "method": method, "path": request.path,
+            })
+
+    # -- EventBus listener
+
+    def on_event(self, event: Event) -> None:
+        data = event.data
+        if event.type == "breaker":
+            labels = (data["endpoint_id"], data["state"])
+            self.breaker_transitions.labels(*labels).inc()
+            self._transitions.add((self.breaker_transitions, labels))
+        elif event.type == "health":
+            labels = (data["endpoint_id"], str(data.get("status", "")))
+            self.health_transitions.labels(*labels).inc()
+            self._transitions.add((self.health_transitions, labels))
+        elif (event.type == "registry" and data.get("action") == "removed"
+              and data.get("endpoint_id")):
+            self.forget(data["endpoint_id"])
+
+    def forget(self, endpoint: str) -> None:
+        """Drop the series of an endpoint that no longer exists."""
+        for key in [k for k in self._req_children if k[0] == endpoint]:
+            _child, labels = self._req_children.pop(key)
+            with contextlib.suppress(KeyError):
+                self.requests.remove(*labels)
+        if self._lat_children.pop(endpoint, None) is not None:
+            with contextlib.suppress(KeyError):
+                self.latency.remove(endpoint)
+        for err_key in [k for k in self._err_children if k[0] == endpoint]:
+            del self._err_children[err_key]
+            with contextlib.suppress(KeyError):
+                self.upstream_errors.remove(*err_key)
+        for metric, labels in [m for m in self._transitions if m[1][0] == endpoint]:
+            self._transitions.discard((metric, labels))
+            with contextlib.suppress(KeyError):
+                metric.remove(*labels)
+        self.windows.pop(endpoint, None)
+
+    # -- scrape time
+
+    def collect(self) -> Iterable[Metric]:
+        state = self.state
+        routes = list(state.registry.snapshot.routes.values())
+        in_flight = GaugeMetricFamily("orchd_in_flight_requests",
+                                      "Requests being served by an upstream, by endpoint.",
+                                      labels=("endpoint",))
+        breaker = GaugeMetricFamily(
+            "orchd_circuit_breaker_state",
+            "1 for the current state of each target's circuit breaker, 0 for the others.",
+            labels=("endpoint", "target", "state"))
+        endpoint_open = GaugeMetricFamily(
+            "orchd_endpoint_circuit_breaker_open",
+            "1 when no target of the endpoint accepts a request because its breaker is open.",
+            labels=("endpoint",))
+        health = GaugeMetricFamily(
+            "orchd_target_health",
+            "1 for the current health of each target (healthy, unhealthy, unknown), else 0.",
+            labels=("endpoint", "target", "health"))
+        status = GaugeMetricFamily(
+            "orchd_endpoint_status",
+            "1 for the endpoint's current status (active, draining, disabled, unhealthy).",
+            labels=("endpoint", "status"))
+        for route in routes:
+            name = route.name
+            in_flight.add_metric((name,), sum(t.in_flight for t in route.targets))
+            endpoint_open.add_metric((name,), 1.0 if route.breaker_state() == "open" else 0.0)
+            current = route.status()
+            for s in _ENDPOINT_STATUSES:
+                status.add_metric((name, s), 1.0 if s == current else 0.0)
+            for t in route.targets:
+                b = t.breaker.state
+                for s in _BREAKER_STATES:
+                    breaker.add_metric((name, t.url, s), 1.0 if s == b else 0.0)
+                for h in _HEALTH_STATES:
+                    health.add_metric((name, t.url, h), 1.0 if h == t.health else 0.0)
+        yield from (in_flight, breaker, endpoint_open, health, status)
+
+        stats = state.registry.stats()
+        size = GaugeMetricFamily("orchd_registry_endpoints", "Registered endpoints, by source.",
+                                 labels=("source",))
+        for source, count in sorted(stats["by_source"].items()):
+            size.add_metric((source,), count)
+        yield size
+        yield GaugeMetricFamily("orchd_registry_targets", "Upstream targets of all endpoints.",
+                                value=sum(len(r.targets) for r in routes))
+        yield GaugeMetricFamily("orchd_registry_revision",
+                                "Revision of the routing snapshot in use.",
+                                value=state.registry.revision)
+
+        last = state.last_reload
+        reloads = CounterMetricFamily(
+            "orchd_config_reloads", "Configuration loads (the one at start included), by result.",
+            labels=("result",))
+        reloads.add_metric(("success",), max(0, last.count - last.failures))
+        reloads.add_metric(("failure",), last.failures)
+        yield reloads
+        yield GaugeMetricFamily("orchd_config_last_reload_successful",
+                                "1 if the last configuration reload succeeded, else 0.",
+                                value=1.0 if last.ok else 0.0)
+        yield GaugeMetricFamily("orchd_config_last_reload_success_timestamp_seconds",
+                                "Unix time of the last successful configuration load.",
+                                value=last.last_success_at or 0.0)
+
+        bus = state.bus
+        yield GaugeMetricFamily("orchd_events_subscribers", "Open /events streams.",
+                                value=bus.subscriber_count)
+        yield CounterMetricFamily("orchd_events_published", "Events published on the bus.",
+                                  value=bus.published)
+        yield CounterMetricFamily("orchd_events_subscribers_dropped",
+                                  "/events subscribers dropped for falling behind.",
+                                  value=bus.dropped)
+        info = GaugeMetricFamily("orchd_build_info", "orchd's version; always 1.",
+                                 labels=("version",))
+        info.add_metric((__version__,), 1.0)
+        yield info
+        yield GaugeMetricFamily("orchd_start_time_seconds", "Unix time orchd started.",
+                                value=state.started_at)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    # -- the dashboard's figures, published as "stats" events while someone listens
+
+    def stats(self) -> dict[str, Any]:
+        now = time.time()
+        names = list(self.state.registry.snapshot.routes)
+        return {"endpoints": {name: (self.windows.get(name) or Window()).summary(now)
+                              for name in names},
+                "interval": STATS_INTERVAL}
+
+    async def _ticker(self) -> None:
+        bus = self.state.bus
+        while True:
+            await asyncio.sleep(STATS_INTERVAL)
+            if bus.subscriber_count:
+                bus.publish("stats", **self.stats())
+
+    async def ticker_ctx(self, app: web.Application) -> AsyncIterator[None]:
+        """aiohttp cleanup context: the stats ticker lives as long as the public app."""
+        task = asyncio.create_task(self._ticker(), name="orchd-stats")
+        yield
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+

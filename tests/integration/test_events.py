@@ -1,0 +1,142 @@
+"""``/events``: Server-Sent Events from a real orchd, a slow client dropped, memory bounded."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+from tests.support import async_wait_until, base_config
+
+TOKEN = "events-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+async def next_event(resp: aiohttp.ClientResponse, want: str,
+                     timeout: float = 10.0) -> dict[str, Any]:
+    """Read SSE frames until one of type ``want``; answer its data."""
+    kind = None
+    async with asyncio.timeout(timeout):
+        while True:
+            line = (await resp.content.readline()).decode()
+            if not line:
+                raise AssertionError(f"stream ended before a {want!r} event")
+            line = line.rstrip("\n")
+            if line.startswith("event: "):
+                kind = line[len("event: "):]
+            elif line.startswith("data: ") and kind == want:
+                data: dict[str, Any] = json.loads(line[len("data: "):])
+                return data
+
+
+async def test_client_receives_breaker_transition_with_reason(
+        orchd_factory, upstream_factory, http):
+    up = await upstream_factory()
+    daemon = orchd_factory(base_config({"name": "svc", "url": up.url},
+                                       server={"admin_token": TOKEN}))
+    async with http.get(f"{daemon.url}/events?types=breaker") as stream:
+        assert stream.status == 200
+        assert stream.headers["Content-Type"] == "text/event-stream"
+        first = await stream.content.readline()
+        assert first.startswith(b"retry:")
+        async with http.post(f"{daemon.url}/health/circuit-breakers/svc/trip",
+                             headers=AUTH) as r:
+            assert r.status == 200
+        event = await next_event(stream, "breaker")
+        assert event["endpoint_id"] == "svc"
+        assert event["url"] == up.url
+        assert event["old_state"] == "closed"
+        assert event["state"] == "forced_open"
+        assert event["reason"] == "tripped by an operator"
+        assert isinstance(event["id"], int) and event["time"] > 0
+
+        async with http.post(f"{daemon.url}/health/circuit-breakers/svc/reset",
+                             headers=AUTH) as r:
+            assert r.status == 200
+        event = await next_event(stream, "breaker")
+        assert (event["old_state"], event["state"]) == ("forced_open", "closed")
+
+
+async def test_stream_ends_when_orchd_stops(orchd_factory, upstream_factory, http):
+    daemon = orchd_factory(base_config())
+    async with http.get(f"{daemon.url}/events") as stream:
+        await stream.content.readline()
+        daemon.signal(15)
+        async with asyncio.timeout(20):
+            rest = await stream.content.read()  # returns at end of stream
+        assert b"event:" not in rest
+    assert await asyncio.to_thread(daemon.proc.wait, 20) == 0
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+async def test_slow_client_is_dropped_and_memory_stays_flat(orchd_factory, http):
+    # 64 targets: one trip or reset call publishes 64 breaker events, so a bounded burst of
+    # calls overflows the subscriber queue (1000 events) and every socket buffer in between.
+    urls = [f"http://127.0.0.1:9/t{i}" for i in range(64)]
+    daemon = orchd_factory(base_config({"name": "wide", "urls": urls},
+                                       server={"admin_token": TOKEN}))
+    pid = daemon.proc.pid
+
+    async def metric(name: str) -> float:
+        async with http.get(f"{daemon.url}/metrics") as r:
+            for line in (await r.text()).splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+        raise AssertionError(f"no {name}")
+
+    # A client that reads the first frame, then never reads again; small buffers make the
+    # kernel push back soon.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", daemon.port))
+    sock.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+    sock.settimeout(10)
+    head = sock.recv(4096)
+    assert b"200 OK" in head
+    await async_wait_until(lambda: metric("orchd_events_subscribers"), what="subscriber")
+
+    async def burst(rounds: int) -> None:
+        for _ in range(rounds):
+            for action in ("trip", "reset"):
+                async with http.post(f"{daemon.url}/health/circuit-breakers/wide/{action}",
+                                     headers=AUTH) as r:
+                    assert r.status == 200
+
+    await burst(5)  # warm up: allocations that happen once
+    rss_before = rss_kib(pid)
+    deadline = time.monotonic() + 60
+    rounds = 0
+    while await metric("orchd_events_subscribers_dropped_total") < 1:
+        assert time.monotonic() < deadline and rounds < 400, "slow client was never dropped"
+        await burst(10)
+        rounds += 10
+    assert await metric("orchd_events_subscribers") == 0
+    await burst(40)  # events now go nowhere for the dropped client
+    rss_after = rss_kib(pid)
+    # Flat: the dropped stream holds at most its bounded queue and socket buffers.
+    assert rss_after - rss_before < 16 * 1024, (rss_before, rss_after)
+
+    # The client reads again: what was buffered, then the final event, then the end.
+    sock.settimeout(10)
+    data = head
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    text = data.decode(errors="replace")
+    assert "event: subscriber_dropped" in text
+    frames = [f for f in text.split("\n\n") if "event: " in f]
+    assert "event: subscriber_dropped" in frames[-1]
