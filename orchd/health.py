@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import random
 import time
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from yarl import URL
 
 from orchd.events import EventBus
 from orchd.log import health_logger
+from orchd.looplag import LoopLag
 from orchd.model import HealthSettings
 from orchd.router import Route, RoutingTable
 from orchd.target import HEALTHY, UNHEALTHY, UNKNOWN, Target
@@ -52,7 +54,10 @@ class HealthChecker:
         self._sem = asyncio.Semaphore(concurrency)
         self._tasks: dict[Target, tuple[ProbeKey, asyncio.Task[None]]] = {}
         self._session: aiohttp.ClientSession | None = None
+        self._pending: RoutingTable | None = None
+        self._sync_handle: asyncio.Handle | None = None
         self.probes = 0
+        self.loop_lag = LoopLag()
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
@@ -60,8 +65,12 @@ class HealthChecker:
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
             headers={"User-Agent": "orchd-health-check"},
         )
+        self.loop_lag.start()
 
     async def close(self) -> None:
+        if self._sync_handle is not None:
+            self._sync_handle.cancel()
+            self._sync_handle = None
         tasks = [t for _, t in self._tasks.values()]
         self._tasks.clear()
         for task in tasks:
@@ -72,8 +81,31 @@ class HealthChecker:
         if self._session is not None:
             await self._session.close()
             self._session = None
+        await self.loop_lag.close()
+
+    def monitoring(self) -> dict[str, Any]:
+        """What the checker reports under ``GET /health``'s ``health_monitoring``."""
+        return {"probes": self.probes, "probing_targets": len(self._tasks),
+                "event_loop_lag": self.loop_lag.as_dict()}
 
     def sync(self, snapshot: RoutingTable) -> None:
+        """Match the probe tasks to a new snapshot's targets, once the current change is done.
+
+        The work runs on the next loop iteration, so a reload that swaps the snapshot and
+        then installs its new ``health_check`` block is seen whole (and several swaps in a
+        row cost one pass).
+        """
+        self._pending = snapshot
+        if self._sync_handle is None:
+            self._sync_handle = asyncio.get_running_loop().call_soon(self._apply_pending)
+
+    def _apply_pending(self) -> None:
+        self._sync_handle = None
+        snapshot, self._pending = self._pending, None
+        if snapshot is not None:
+            self.sync_now(snapshot)
+
+    def sync_now(self, snapshot: RoutingTable) -> None:
         """Start, keep or cancel probe tasks to match the snapshot's targets."""
         settings = self._settings()
         wanted: dict[Target, ProbeKey] = {}
@@ -129,7 +161,9 @@ class HealthChecker:
             except TimeoutError:
                 error = f"timed out after {settings.timeout:g}s"
             except aiohttp.ClientConnectorError as exc:
-                error = f"connect error: {exc.os_error.strerror or exc.os_error}"
+                err = exc.os_error
+                why = err.strerror or (os.strerror(err.errno) if err.errno else str(err))
+                error = f"connect error: {why}"
             except (aiohttp.ClientError, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
         self.probes += 1
@@ -162,4 +196,6 @@ class HealthChecker:
         log = health_logger.warning if new == UNHEALTHY else health_logger.info
         log("target %s of %s is %s (%s)", target.url, target.endpoint, new, reason)
         self._bus.publish("health", endpoint_id=target.endpoint, url=target.url,
-                          old_status=old, status=new, reason=reason)
+                          old_status=old, status=new, reason=reason,
+                          consecutive_failures=target.consecutive_failures,
+                          consecutive_successes=target.consecutive_successes)

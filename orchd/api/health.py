@@ -51,7 +51,7 @@ def endpoint_health(route: Route) -> dict[str, Any]:
         "consecutive_failures": max(t.consecutive_failures for t in targets),
         "consecutive_successes": min(t.consecutive_successes for t in targets),
         "circuit_breaker": route.breaker_state(),
-        "panic_mode": len(targets) > 1 and in_panic(route),
+        "panic_mode": in_panic(route),
         "targets": [t.as_dict() for t in targets],
     }
 

@@ -56,7 +56,7 @@ async def health(request: web.Request) -> web.Response:
                      "store_status": "degraded" if state.store_degraded else "ok",
                      "revision": state.registry.revision},
         "health_monitoring": {**hc.as_dict(),
-                              "probes": state.health.probes if state.health else 0},
+                              **(state.health.monitoring() if state.health else {"probes": 0})},
     }
     return stamped(body, 200 if started else 503)
 
