@@ -38,7 +38,7 @@ from orchd.state import GatewayState
 from orchd.store import Store
 from orchd.store.file import FileStore
 from orchd.target import TargetPool
-from orchd.watcher import ChangeConsumer, Reload
+from orchd.watcher import ChangeConsumer, Reload, SyncFromStore
 
 __all__ = ("Daemon", "StartupError")
 
@@ -91,6 +91,7 @@ class Daemon:
         self._runners: list[web.BaseRunner] = []
         self._socket_path: Path | None = None
         self._watcher: ConfigWatcher | None = None
+        self._store_task: asyncio.Task[None] | None = None
         self._force = False
 
     async def run(self) -> int:
@@ -152,6 +153,8 @@ class Daemon:
         state.registry.on_swap.append(state.health.sync)
         state.health.sync(state.registry.snapshot)
         state.changes.start()
+        self._store_task = asyncio.create_task(self._follow_store(state),
+                                               name="orchd-store-watch")
 
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
                                          ttl_dns_cache=10, enable_cleanup_closed=True)
@@ -241,6 +244,12 @@ class Daemon:
         self._socket_path = path
         server_logger.info("control socket %s", path)
 
+    async def _follow_store(self, state: GatewayState) -> None:
+        """Changes made elsewhere (other instances, expiries) go through the one consumer."""
+        assert state.changes is not None
+        async for event in state.store.watch():
+            state.changes.submit_nowait(SyncFromStore(event))
+
     # -- signals only set a flag or enqueue
 
     def _on_stop_signal(self) -> None:
@@ -295,5 +304,9 @@ class Daemon:
         if session is not None:
             await session.close()
         state.bus.close()
+        if self._store_task is not None:
+            self._store_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._store_task
         await state.store.close()
         server_logger.info("stopped")

@@ -26,6 +26,7 @@ from orchd.target import ACTIVE, ADMIN_STATES, DRAINING
 __all__ = (
     "ChangeConsumer",
     "Drain",
+    "Heartbeat",
     "Register",
     "Reload",
     "Remove",
@@ -64,6 +65,11 @@ class Drain:
 
 
 @dataclass(frozen=True, slots=True)
+class Heartbeat:
+    name: str
+
+
+@dataclass(frozen=True, slots=True)
 class Reload:
     trigger: str
 
@@ -73,7 +79,7 @@ class SyncFromStore:
     event: StoreEvent
 
 
-Change = Register | Replace | Remove | SetStatus | Drain | Reload | SyncFromStore
+Change = Register | Replace | Remove | SetStatus | Drain | Heartbeat | Reload | SyncFromStore
 
 
 def _not_found(name: str) -> ProblemError:
@@ -145,6 +151,8 @@ class ChangeConsumer:
                 return await self._set_status(name, status)
             case Drain(name, url, st):
                 return await self._drain(name, url, st)
+            case Heartbeat(name):
+                return await self._heartbeat(name)
             case Reload(trigger):
                 return await self.reload(trigger)
             case SyncFromStore(event):
@@ -258,11 +266,38 @@ class ChangeConsumer:
             raise _store_unavailable(self.state.store.name, exc) from None
         self.state.registry.set_admin(name, admin)
 
+    async def _heartbeat(self, name: str) -> dict[str, Any]:
+        entry = self.state.registry.get(name)
+        if entry is None:
+            raise _not_found(name)
+        if entry.source == "config" or entry.spec.ttl is None:
+            raise ProblemError(409, "Endpoint has no ttl",
+                               f"endpoint {name!r} was registered without a ttl; "
+                               "it lives until it is removed")
+        try:
+            ttl = await self.state.store.renew(name)
+        except StoreError as exc:
+            raise _store_unavailable(self.state.store.name, exc) from None
+        except LookupError:
+            raise ProblemError(404, "Registration expired",
+                               f"endpoint {name!r} expired before this heartbeat; "
+                               "register it again") from None
+        return {"endpoint_id": name, "ttl": entry.spec.ttl, "expires_in": ttl}
+
     def _sync(self, event: StoreEvent) -> None:
-        """Apply a change another instance wrote to the shared store."""
+        """Apply a change another instance wrote to the shared store (or an expiry)."""
         reg = self.state.registry
+        if event.kind == "status":
+            if event.error != self.state.store_degraded:
+                self.state.store_degraded = event.error
+                self.state.bus.publish("registry", action="store", store=self.state.store.name,
+                                       status="degraded" if event.error else "ok",
+                                       error=event.error)
+            return
+        if self.state.store.is_stale(event):
+            return  # this instance has written that key since
         if event.kind == "admin":
-            if reg.get(event.name) is not None:
+            if reg.get(event.name) is not None and reg.admin.get(event.name) != event.admin:
                 reg.set_admin(event.name, event.admin or AdminRecord())
             return
         existing = reg.get(event.name)
@@ -273,6 +308,8 @@ class ChangeConsumer:
         if event.record is None:
             if existing is not None:
                 reg.remove(event.name)
+                registry_logger.info("removed endpoint %s (from the %s store)", event.name,
+                                     self.state.store.name)
                 self.state.bus.publish("registry", action="removed", endpoint_id=event.name,
                                        source="store")
             return
@@ -282,7 +319,13 @@ class ChangeConsumer:
         except ConfigError as exc:
             registry_logger.error("store entry %s is invalid: %s", event.name, exc)
             return
+        if (existing is not None and existing.spec == spec
+                and existing.registration_time == event.record.registration_time):
+            return
         reg.put_api(spec, event.record.registration_time)
+        registry_logger.info("%s endpoint %s (from the %s store)",
+                             "registered" if existing is None else "updated", event.name,
+                             self.state.store.name)
         self.state.bus.publish("registry", action="registered" if existing is None else "updated",
                                endpoint_id=event.name, source="store")
 

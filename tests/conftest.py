@@ -46,3 +46,20 @@ async def upstream_factory() -> AsyncIterator[Callable[..., Any]]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession(auto_decompress=False) as session:
         yield session
+
+
+@pytest.fixture
+def etcd_factory() -> Iterator[Callable[[int], Any]]:
+    """Start real etcd clusters (members on loopback ports); all are removed after."""
+    from tests.etcd_support import EtcdCluster
+
+    clusters: list[EtcdCluster] = []
+
+    def make(size: int = 1) -> EtcdCluster:
+        cluster = EtcdCluster(size)
+        clusters.append(cluster)
+        return cluster.start()
+
+    yield make
+    for cluster in clusters:
+        cluster.cleanup()

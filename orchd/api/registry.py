@@ -11,7 +11,7 @@ from orchd.errors import ConfigError, FieldError, ProblemError
 from orchd.loader import validate_registration
 from orchd.router import Route
 from orchd.target import ACTIVE, DRAINING
-from orchd.watcher import Drain, Register, Remove, Replace, SetStatus
+from orchd.watcher import Drain, Heartbeat, Register, Remove, Replace, SetStatus
 
 __all__ = ("routes",)
 
@@ -183,6 +183,16 @@ async def drain(request: web.Request) -> web.Response:
 @routes.post("/registry/endpoints/{id}/enable")
 async def enable(request: web.Request) -> web.Response:
     return await _admin_state(request, ACTIVE)
+
+
+@routes.post("/registry/endpoints/{id}/heartbeat")
+async def heartbeat(request: web.Request) -> web.Response:
+    """Renew a registration made with a ``ttl``: it lives ``ttl`` seconds from now."""
+    state = get_state(request)
+    name = request.match_info["id"]
+    assert state.changes is not None
+    result = await state.changes.submit(Heartbeat(name))
+    return stamped({"success": True, "message": f"endpoint {name!r} renewed", **result})
 
 
 @routes.get("/registry/stats")
