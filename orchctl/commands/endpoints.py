@@ -83,6 +83,9 @@ def add(
     ] = None,
     timeout: Annotated[float | None, typer.Option(
         "--timeout", metavar="S", help="Seconds per request, 1-300 (default 30).")] = None,
+    ttl: Annotated[float | None, typer.Option(
+        "--ttl", metavar="S", help="Seconds it lives without a heartbeat "
+        "(POST /registry/endpoints/NAME/heartbeat); default: until removed.")] = None,
 ) -> None:
     """Register an endpoint (source api): routable at once, kept across restarts."""
     session = session_of(ctx)
@@ -91,6 +94,8 @@ def add(
         config["methods"] = [m.upper() for m in method]
     if timeout is not None:
         config["timeout"] = timeout
+    if ttl is not None:
+        config["ttl"] = ttl
     doc = session.call("POST", "/registry/endpoints", body={"config": config})
     session.emit(doc, View((f"{doc.get('message')} -> {doc.get('endpoint_url')}",)))
 
