@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: run test lint check-config install bench bench-reload soak clean sysdeps
+.PHONY: run test lint check-config install bench bench-reload bench-propagation soak clean sysdeps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,3 +63,7 @@ check-config: $(STAMP)
 
 clean:
 	rm -rf run build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts
+
+## bench-propagation: time from a registration's 201 on one orchd to its first routed request on another (shared etcd)
+bench-propagation: $(STAMP) sysdeps
+	$(BIN)/python bench/propagation.py --count 200

@@ -87,7 +87,9 @@ async def main() -> None:
             daemon = Orchd(config)
             daemons.append(daemon)
             daemon.start()
-        print(f"etcd {args.members} member(s), orchd A {daemons[0].url}, B {daemons[1].url}")
+        load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+        print(f"etcd {args.members} member(s), orchd A {daemons[0].url}, "
+              f"B {daemons[1].url}, load average {load}")
         await measure(daemons[0], daemons[1], upstream, args.count)
     finally:
         await upstream.stop()
