@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: run test lint check-config install bench bench-reload bench-propagation soak clean sysdeps
+.PHONY: run test lint check-config install bench bench-reload bench-propagation bench-health soak clean sysdeps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,3 +67,7 @@ clean:
 ## bench-propagation: time from a registration's 201 on one orchd to its first routed request on another (shared etcd)
 bench-propagation: $(STAMP) sysdeps
 	$(BIN)/python bench/propagation.py --count 200
+
+## bench-health: event loop lag (p99) and CPU share of orchd with 1,000 endpoints checked every second for 60 s
+bench-health: $(STAMP)
+	$(BIN)/python bench/health_checks.py --endpoints 1000 --duration 60

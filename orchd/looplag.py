@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections import deque
 from typing import Any
 
@@ -35,11 +36,11 @@ class LoopLag:
                 await task
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        # perf_counter, not loop.time(): uvloop's clock ticks in whole milliseconds.
         while True:
-            asked = loop.time() + self.interval
+            asked = time.perf_counter() + self.interval
             await asyncio.sleep(self.interval)
-            self._samples.append(max(0.0, loop.time() - asked))
+            self._samples.append(max(0.0, time.perf_counter() - asked))
 
     def as_dict(self) -> dict[str, Any]:
         """Percentiles in milliseconds over the samples kept (``None`` before the first)."""
