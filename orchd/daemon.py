@@ -303,6 +303,9 @@ class Daemon:
         session = getattr(self, "_session", None)
         if session is not None:
             await session.close()
+        proxy = getattr(self, "proxy", None)
+        if proxy is not None:
+            await proxy.upstream.close()
         state.bus.close()
         if self._store_task is not None:
             self._store_task.cancel()

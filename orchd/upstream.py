@@ -1,0 +1,507 @@
+"""Upstream HTTP/1.1 exchanges for the proxy: a lean keep-alive pool on asyncio protocols.
+
+Why this module exists: on the proxy path, aiohttp's ``ClientSession`` cost more CPU per
+request than everything else together (a ``ClientRequest``, a ``ClientResponse``, a yarl URL,
+a header multidict, timer handles and several tasks' worth of bookkeeping for every call; see
+docs/performance.md for the profile). Here a request is one bytes write on a pooled
+connection, and the answer is parsed by llhttp (through ``httptools``, the parser uvicorn
+uses) into a status, a header list and body chunks that are handed on as they arrive, with
+no copy and no per-chunk task. Flow control holds both ways: the request body waits for the
+upstream socket to drain, and a slow client pauses reading from the upstream.
+
+What it does not do: WebSocket upgrades and health probes keep using aiohttp's client; this
+module speaks plain HTTP/1.1 (TLS included) request/response and nothing else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ssl
+import time
+from collections.abc import AsyncIterator
+from typing import Final, cast
+
+import httptools
+from yarl import URL
+
+__all__ = ("UpstreamBroke", "UpstreamConnectError", "UpstreamPool", "UpstreamResponse")
+
+# Pause reading from an upstream once this much of its body waits for a slow client.
+_READ_HIGH_WATER: Final = 512 * 1024
+_READ_LOW_WATER: Final = 128 * 1024
+
+
+class UpstreamConnectError(OSError):
+    """The connection to the upstream could not be opened (refused, unreachable, DNS)."""
+
+
+class UpstreamBroke(ConnectionError):
+    """The upstream closed or garbled the exchange after the connection was open."""
+
+
+class _Origin:
+    """Where connections go, and the idle ones waiting to be reused (newest last)."""
+
+    __slots__ = ("host", "host_header", "idle", "port", "server_hostname", "ssl")
+
+    def __init__(self, scheme: str, host: str, port: int,
+                 ssl_context: ssl.SSLContext | None) -> None:
+        self.host = host
+        self.port = port
+        tls = scheme == "https"
+        self.ssl = ssl_context if tls else None
+        self.server_hostname = host if tls else None
+        default = 443 if tls else 80
+        name = f"[{host}]" if ":" in host else host
+        self.host_header = name if port == default else f"{name}:{port}"
+        self.idle: list[_Connection] = []
+
+
+class UpstreamResponse:
+    """The status line and headers of an upstream answer; the body follows by ``chunks()``.
+
+    ``release()`` must be called once the caller is done (the proxy does it in ``finally``):
+    a connection whose answer was read to the end goes back to the pool, any other is closed.
+    """
+
+    __slots__ = ("_conn", "_pool", "head_only", "headers", "reason", "status")
+
+    def __init__(self, conn: _Connection, pool: UpstreamPool, status: int, reason: str,
+                 headers: list[tuple[str, str]], head_only: bool) -> None:
+        self._conn: _Connection | None = conn
+        self._pool = pool
+        self.status = status
+        self.reason = reason
+        self.headers = headers
+        self.head_only = head_only
+
+    @property
+    def complete(self) -> bool:
+        """The whole body has arrived already (typical of small answers)."""
+        conn = self._conn
+        return conn is not None and conn.eof and conn.exc is None
+
+    def take_buffered(self) -> bytes:
+        """The body received so far, removed from the buffer (one join, no copy for one chunk)."""
+        conn = self._conn
+        if conn is None or not conn.chunks:
+            return b""
+        chunks = conn.chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        conn.buffered = 0
+        conn.maybe_resume()
+        return data
+
+    async def chunks(self, read_timeout: float) -> AsyncIterator[bytes]:
+        """Body chunks as they arrive; raises ``UpstreamBroke`` or ``TimeoutError``."""
+        conn = self._conn
+        if conn is None or self.head_only:
+            return
+        while True:
+            if conn.chunks:
+                data = self.take_buffered()
+                yield data
+                continue
+            if conn.exc is not None:
+                raise conn.exc
+            if conn.eof:
+                return
+            await conn.wait_body(read_timeout)
+
+    def release(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if conn.reusable():
+            self._pool.put_back(conn)
+        else:
+            conn.close()
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream connection; one exchange at a time."""
+
+    __slots__ = (
+        "_drain",
+        "_head_waiter",
+        "_lost",
+        "_parser",
+        "_paused_reading",
+        "_waiter",
+        "body_sent",
+        "buffered",
+        "chunks",
+        "eof",
+        "exc",
+        "framed",
+        "got_bytes",
+        "head_only",
+        "header_list",
+        "idle_since",
+        "keep_alive",
+        "origin",
+        "reason",
+        "status",
+        "transport",
+    )
+
+    def __init__(self, origin: _Origin) -> None:
+        self.origin = origin
+        self.transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpResponseParser(self)
+        self._lost = False
+        self._drain: asyncio.Future[None] | None = None
+        self._head_waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._paused_reading = False
+        self.idle_since = 0.0
+        self._reset()
+
+    def _reset(self) -> None:
+        self.reason = b""
+        self.header_list: list[tuple[str, str]] = []
+        self.status = 0
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self.eof = False
+        self.exc: BaseException | None = None
+        self.keep_alive = False
+        self.got_bytes = False
+        self.body_sent = False
+        self.head_only = False
+        self.framed = False  # Content-Length or chunked: the body does not run until close
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        self.got_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamBroke("unexpected protocol upgrade"))
+        except httptools.HttpParserError as exc:
+            self._fail(UpstreamBroke(f"malformed response: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        self.keep_alive = False
+        if self in self.origin.idle:
+            self.origin.idle.remove(self)
+        if self.status and not self.framed and not self.eof and exc is None:
+            self.eof = True  # a body without Content-Length or chunking ends at close
+            self._wake()
+        if not self.eof or self._head_pending():
+            why = f"connection lost: {exc}" if exc else "the upstream closed the connection"
+            self._fail(UpstreamBroke(why))
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_exception(UpstreamBroke("the upstream closed the connection"))
+
+    def pause_writing(self) -> None:
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_future()
+
+    def resume_writing(self) -> None:
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # -- httptools callbacks
+
+    def on_status(self, status: bytes) -> None:
+        self.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(name) in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+        self.header_list.append((name.decode("utf-8", "surrogateescape"),
+                                  value.decode("utf-8", "surrogateescape")))
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200 and status != 101:
+            # An interim answer (100 Continue, 103 Early Hints): wait for the final one.
+            self.reason = b""
+            self.header_list = []
+            self.framed = False
+            return
+        if status in (204, 304):
+            self.framed = True
+        self.status = status
+        self.keep_alive = self._parser.should_keep_alive()
+        waiter = self._head_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        if self.head_only:
+            # No body follows an answer to HEAD, whatever Content-Length says; llhttp cannot
+            # be told so, so this connection is not reused.
+            self.keep_alive = False
+            self.eof = True
+
+    def on_body(self, body: bytes) -> None:
+        if self.head_only or not body:
+            return
+        self.chunks.append(body)
+        self.buffered += len(body)
+        if self.buffered > _READ_HIGH_WATER and not self._paused_reading:
+            self._paused_reading = True
+            if self.transport is not None:
+                self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self.status == 0:
+            return  # the end of an interim answer
+        self.eof = True
+        self._wake()
+
+    # -- helpers
+
+    def _head_pending(self) -> bool:
+        waiter = self._head_waiter
+        return waiter is not None and not waiter.done()
+
+    def _wake(self) -> None:
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.exc is None:
+            self.exc = exc
+        self.keep_alive = False
+        head = self._head_waiter
+        if head is not None and not head.done():
+            head.set_exception(exc)
+        waiter, self._waiter = self._waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(exc)
+        if self.transport is not None:
+            self.transport.close()
+
+    def maybe_resume(self) -> None:
+        if self._paused_reading and self.buffered < _READ_LOW_WATER:
+            self._paused_reading = False
+            if self.transport is not None and not self._lost:
+                self.transport.resume_reading()
+
+    async def wait_body(self, timeout: float) -> None:
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        self.maybe_resume()
+        async with asyncio.timeout(timeout):
+            await waiter
+
+    async def drain(self) -> None:
+        if self._lost:
+            raise UpstreamBroke("the upstream closed the connection")
+        drain = self._drain
+        if drain is not None:
+            await drain
+
+    def write(self, data: bytes) -> None:
+        if self._lost or self.transport is None:
+            raise UpstreamBroke("the upstream closed the connection")
+        self.transport.write(data)
+
+    def reusable(self) -> bool:
+        return (self.eof and self.keep_alive and self.body_sent and self.exc is None
+                and not self._lost and not self.chunks)
+
+    def usable(self) -> bool:
+        return not self._lost and self.transport is not None and not self.transport.is_closing()
+
+    def close(self) -> None:
+        self.keep_alive = False
+        if self.transport is not None:
+            self.transport.close()
+
+    def start(self, head_only: bool) -> asyncio.Future[None]:
+        self._reset()
+        self.head_only = head_only
+        waiter = self._head_waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
+
+class UpstreamPool:
+    """Keep-alive HTTP/1.1 connections per upstream origin, newest reused first.
+
+    No limit on open connections (as before, with aiohttp's ``limit=0``); at most
+    ``max_idle_per_origin`` idle ones are kept, each for at most ``keepalive_timeout``.
+    """
+
+    def __init__(self, keepalive_timeout: float = 30.0, max_idle_per_origin: int = 512,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.keepalive_timeout = keepalive_timeout
+        self.max_idle = max_idle_per_origin
+        self._ssl = ssl_context
+        self._origins: dict[tuple[str, str, int], _Origin] = {}
+        self._by_url: dict[str, _Origin] = {}
+        self._last_sweep = time.monotonic()
+        self._closed = False
+        self.opened = 0  # connections opened so far (tests and the benchmark read it)
+
+    def origin_for(self, url: str) -> _Origin:
+        """The origin of an upstream base URL (``http://host:port/base``), cached by URL."""
+        origin = self._by_url.get(url)
+        if origin is None:
+            if len(self._by_url) > 4096:  # targets come and go with registrations
+                self._by_url.clear()
+            parsed = URL(url)
+            scheme = parsed.scheme
+            port = parsed.port or (443 if scheme == "https" else 80)
+            origin = self._by_url[url] = self.origin(scheme, parsed.raw_host or "", port)
+        return origin
+
+    def origin(self, scheme: str, host: str, port: int) -> _Origin:
+        key = (scheme, host, port)
+        origin = self._origins.get(key)
+        if origin is None:
+            if scheme == "https" and self._ssl is None:
+                self._ssl = ssl.create_default_context()
+            origin = self._origins[key] = _Origin(scheme, host, port, self._ssl)
+        return origin
+
+    async def request(self, origin: _Origin, method: str, target: str,
+                      headers: list[tuple[str, str]], body: AsyncIterator[bytes] | None,
+                      content_length: int | None, connect_timeout: float) -> UpstreamResponse:
+        """Send one request and wait for the answer's head.
+
+        ``target`` is the encoded path and query; ``headers`` exclude Host, Content-Length
+        and Transfer-Encoding (set here). A body with no known length is sent chunked.
+        Raises ``UpstreamConnectError``, ``UpstreamBroke`` or ``TimeoutError`` (connect).
+        """
+        lines = [f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
+        lines.extend(f"{k}: {v}\r\n" for k, v in headers)
+        chunked = False
+        if body is not None:
+            if content_length is None:
+                chunked = True
+                lines.append("Transfer-Encoding: chunked\r\n")
+            else:
+                lines.append(f"Content-Length: {content_length}\r\n")
+        elif method in ("POST", "PUT", "PATCH"):
+            lines.append("Content-Length: 0\r\n")
+        lines.append("\r\n")
+        head = "".join(lines).encode("utf-8", "surrogateescape")
+        head_only = method == "HEAD"
+
+        # A pooled connection may have been closed by the upstream a moment ago; when
+        # nothing of the request could have been consumed yet, try once more on a new one.
+        for reuse in (True, False):
+            conn = self._idle(origin) if reuse else None
+            if conn is None:
+                conn = await self._connect(origin, connect_timeout)
+                reuse = False
+            try:
+                return await self._exchange(conn, head, body, chunked, head_only)
+            except UpstreamBroke:
+                conn.close()
+                if not reuse or conn.got_bytes or body is not None:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _exchange(self, conn: _Connection, head: bytes,
+                        body: AsyncIterator[bytes] | None, chunked: bool,
+                        head_only: bool) -> UpstreamResponse:
+        head_waiter = conn.start(head_only)
+        sender: asyncio.Task[None] | None = None
+        try:
+            if body is None:
+                conn.write(head)
+                conn.body_sent = True
+            else:
+                conn.write(head)
+                sender = asyncio.create_task(_send_body(conn, body, chunked))
+                # The upstream may answer before the body is sent (an early 4xx): the head
+                # arrives first either way, and a body still being sent is then abandoned.
+                await asyncio.wait((head_waiter, sender), return_when=asyncio.FIRST_COMPLETED)
+                if sender.done():
+                    sender.result()  # the body's own errors (BodyTooLarge, broken pipe)
+            await head_waiter
+        except BaseException:
+            if sender is not None and not sender.done():
+                sender.cancel()
+            conn.close()
+            raise
+        if sender is not None and not sender.done():
+            sender.cancel()
+            conn.keep_alive = False
+        return UpstreamResponse(conn, self, conn.status,
+                                conn.reason.decode("latin-1"), conn.header_list, head_only)
+
+    def _idle(self, origin: _Origin) -> _Connection | None:
+        idle = origin.idle
+        now = time.monotonic()
+        while idle:
+            conn = idle.pop()
+            if conn.usable() and now - conn.idle_since < self.keepalive_timeout:
+                return conn
+            conn.close()
+        return None
+
+    async def _connect(self, origin: _Origin, timeout: float) -> _Connection:
+        if self._closed:
+            raise UpstreamConnectError("the upstream pool is closed")
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(timeout):
+                _transport, conn = await loop.create_connection(
+                    lambda: _Connection(origin), origin.host, origin.port, ssl=origin.ssl,
+                    server_hostname=origin.server_hostname)
+        except OSError as exc:
+            if isinstance(exc, UpstreamConnectError):
+                raise
+            raise UpstreamConnectError(exc.errno, exc.strerror or str(exc)) from exc
+        self.opened += 1
+        return conn
+
+    def put_back(self, conn: _Connection) -> None:
+        origin = conn.origin
+        now = time.monotonic()
+        if self._closed or len(origin.idle) >= self.max_idle:
+            conn.close()
+            return
+        conn.idle_since = now
+        origin.idle.append(conn)
+        if now - self._last_sweep > self.keepalive_timeout:
+            self._sweep(now)
+
+    def _sweep(self, now: float) -> None:
+        self._last_sweep = now
+        for origin in self._origins.values():
+            stale = [c for c in origin.idle if now - c.idle_since >= self.keepalive_timeout]
+            for conn in stale:
+                origin.idle.remove(conn)
+                conn.close()
+
+    def idle_count(self) -> int:
+        return sum(len(o.idle) for o in self._origins.values())
+
+    async def close(self) -> None:
+        self._closed = True
+        for origin in self._origins.values():
+            idle, origin.idle = origin.idle, []
+            for conn in idle:
+                conn.close()
+        await asyncio.sleep(0)  # let the transports run their close callbacks
+
+
+async def _send_body(conn: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
+    async for chunk in body:
+        if not chunk:
+            continue
+        if chunked:
+            conn.write(b"%x\r\n" % len(chunk))
+            conn.write(chunk)
+            conn.write(b"\r\n")
+        else:
+            conn.write(chunk)
+        await conn.drain()
+    if chunked:
+        conn.write(b"0\r\n\r\n")
+    conn.body_sent = True
