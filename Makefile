@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: run test lint check-config install bench bench-reload bench-propagation bench-health soak clean sysdeps
+.PHONY: run test lint check-config install bench bench-deps bench-reload bench-propagation bench-health soak clean sysdeps
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -63,6 +63,15 @@ check-config: $(STAMP)
 
 clean:
 	rm -rf run build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts
+
+## bench-deps: the Debian packages the benchmarks use (wrk, nginx-light, caddy, util-linux)
+bench-deps:
+	scripts/system-deps.sh bench
+
+## bench: per-core req/s, p50/p99 of orchd next to nginx, Caddy and a bare aiohttp proxy
+##        (BENCH_ARGS=--quick for one short round)
+bench: $(STAMP) bench-deps
+	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
 
 ## bench-propagation: time from a registration's 201 on one orchd to its first routed request on another (shared etcd)
 bench-propagation: $(STAMP) sysdeps
