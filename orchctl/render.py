@@ -238,8 +238,9 @@ def _cell(value: str) -> Text:
 
 
 def _rich_grid(grid: Grid) -> Table:
-    table = Table(*grid.columns, title=grid.title, box=box.SIMPLE_HEAD, header_style="bold",
-                  pad_edge=False)
+    table = Table(title=grid.title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    for name in grid.columns:  # a narrow terminal wraps long URLs instead of cutting them
+        table.add_column(name, overflow="fold")
     for row in grid.rows:
         table.add_row(*(_cell(c) for c in row))
     return table

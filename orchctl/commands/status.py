@@ -19,6 +19,7 @@ __all__ = ("register",)
 
 REFRESH = 2.0  # in-flight counts move without events: redraw at least this often
 RECONNECT = 0.5
+EVENT_TYPES = ("registry", "health", "breaker", "reload")
 
 
 async def _fetch(client: ControlClient) -> dict[str, Any]:
@@ -43,7 +44,7 @@ async def _events(client: ControlClient, queue: asyncio.Queue[Event | Exception]
     """Forward ``/events`` to ``queue``; reconnect when orchd ends the stream."""
     while True:
         try:
-            async for event in client.events():
+            async for event in client.events(EVENT_TYPES):
                 await queue.put(event)
         except Unreachable as exc:
             await queue.put(exc)
