@@ -21,13 +21,14 @@ import yaml
 from tests.support import ROOT, Orchd, base_config, free_port, short_tmpdir, wait_until
 
 
-def orchctl(*args: str, sock: Path | str | None = None,
-            env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def orchctl(*args: str, sock: Path | str | None = None, env: dict[str, str] | None = None,
+            timeout: float = 60) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-m", "orchctl"]
     if sock is not None:
         cmd += ["--socket", str(sock)]
     full_env = {**os.environ, **(env or {})}
-    full_env.pop("ORCHCTL_SOCKET", None) if "ORCHCTL_SOCKET" not in (env or {}) else None
+    if "ORCHCTL_SOCKET" not in (env or {}):
+        full_env.pop("ORCHCTL_SOCKET", None)
     full_env.pop("CONFIG_PATH", None)
     return subprocess.run([*cmd, *args], capture_output=True, text=True, env=full_env,
                           cwd=str(ROOT), timeout=timeout)
@@ -40,8 +41,11 @@ class Result:
     stderr: str
 
 
+Cli = Callable[..., Result]
+
+
 @pytest.fixture
-def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Result]:
+def cli(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Cli:
     """orchctl's entry point in this process (no interpreter start-up per call), against the
     real daemon over its real socket; ``orchctl()`` runs the installed entry point instead."""
     from orchctl.main import main
@@ -93,7 +97,7 @@ def daemon() -> Iterator[Orchd]:
 # ------------------------------------------------------------------ exit codes 3 and 2
 
 
-def test_no_daemon_exits_3_naming_the_socket(cli: Callable[..., Result]) -> None:
+def test_no_daemon_exits_3_naming_the_socket(cli: Cli) -> None:
     path = short_tmpdir() / "absent.sock"
     proc = orchctl("status", sock=path)  # the installed entry point, in its own process
     assert proc.returncode == 3
@@ -101,7 +105,7 @@ def test_no_daemon_exits_3_naming_the_socket(cli: Callable[..., Result]) -> None
     assert "no such socket" in proc.stderr
 
 
-def test_stale_socket_exits_3_connection_refused(cli: Callable[..., Result]) -> None:
+def test_stale_socket_exits_3_connection_refused(cli: Cli) -> None:
     path = short_tmpdir() / "stale.sock"
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.bind(str(path))  # bound, never listening: connect() is refused
@@ -113,7 +117,7 @@ def test_stale_socket_exits_3_connection_refused(cli: Callable[..., Result]) -> 
     assert "no such socket" not in proc.stderr
 
 
-def test_socket_from_environment(cli: Callable[..., Result], daemon: Orchd) -> None:
+def test_socket_from_environment(cli: Cli, daemon: Orchd) -> None:
     proc = ok(cli("--json", "status", env={"ORCHCTL_SOCKET": str(daemon.socket)}))
     assert as_json(proc)["system_status"] in ("healthy", "degraded", "unhealthy")
     proc = cli("status", env={"ORCHCTL_SOCKET": str(daemon.dir / "nope.sock")})
@@ -128,7 +132,7 @@ def test_socket_from_environment(cli: Callable[..., Result], daemon: Orchd) -> N
     ("status", "--no-such-flag"),
     ("endpoints", "add", "x", "http://127.0.0.1:1", "--timeout", "soon"),
 ])
-def test_usage_errors_exit_2(cli: Callable[..., Result], daemon: Orchd, args: tuple[str, ...]) -> None:
+def test_usage_errors_exit_2(cli: Cli, daemon: Orchd, args: tuple[str, ...]) -> None:
     proc = cli(*args, sock=daemon.socket)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert "Usage" in proc.stderr or "usage" in proc.stderr
@@ -139,7 +143,7 @@ def test_usage_error_of_the_entry_point_exits_2() -> None:
     assert proc.returncode == 2 and "frobnicate" in proc.stderr
 
 
-def test_help_lists_every_command(cli: Callable[..., Result]) -> None:
+def test_help_lists_every_command(cli: Cli) -> None:
     out = ok(cli("--help")).stdout
     for command in ("start", "stop", "reload", "status", "endpoints", "breakers", "config"):
         assert command in out
@@ -155,7 +159,7 @@ def test_help_lists_every_command(cli: Callable[..., Result]) -> None:
 # ------------------------------------------------------------------ status
 
 
-def test_status_human_and_json(cli: Callable[..., Result], daemon: Orchd) -> None:
+def test_status_human_and_json(cli: Cli, daemon: Orchd) -> None:
     out = ok(orchctl("status", sock=daemon.socket)).stdout
     assert "\x1b[" not in out, "no colour codes when piped"
     assert "─" not in out and "━" not in out, "no box drawing when piped"
@@ -174,7 +178,7 @@ def test_status_human_and_json(cli: Callable[..., Result], daemon: Orchd) -> Non
 # ------------------------------------------------------------------ endpoints
 
 
-def test_endpoints_lifecycle(cli: Callable[..., Result], daemon: Orchd) -> None:
+def test_endpoints_lifecycle(cli: Cli, daemon: Orchd) -> None:
     s = daemon.socket
     out = ok(cli("endpoints", "add", "billing", "http://127.0.0.1:9/v2", "--method", "get",
                      "-m", "POST", "--timeout", "7.5", sock=s)).stdout
@@ -213,7 +217,7 @@ def test_endpoints_lifecycle(cli: Callable[..., Result], daemon: Orchd) -> None:
     assert "billing" not in [e["endpoint_id"] for e in doc["endpoints"]]
 
 
-def test_refusals_exit_1_with_the_daemons_message(cli: Callable[..., Result], daemon: Orchd) -> None:
+def test_refusals_exit_1_with_the_daemons_message(cli: Cli, daemon: Orchd) -> None:
     s = daemon.socket
     proc = cli("endpoints", "remove", "echo", sock=s)
     assert proc.returncode == 1
@@ -234,7 +238,7 @@ def test_refusals_exit_1_with_the_daemons_message(cli: Callable[..., Result], da
 # ------------------------------------------------------------------ breakers
 
 
-def test_breakers_trip_list_reset(cli: Callable[..., Result], daemon: Orchd) -> None:
+def test_breakers_trip_list_reset(cli: Cli, daemon: Orchd) -> None:
     s = daemon.socket
     assert "forced open" in ok(cli("breakers", "trip", "echo", sock=s)).stdout
     out = ok(cli("breakers", "list", sock=s)).stdout
@@ -256,7 +260,7 @@ def test_breakers_trip_list_reset(cli: Callable[..., Result], daemon: Orchd) -> 
 # ------------------------------------------------------------------ reload and config check
 
 
-def test_reload_prints_the_diff_or_the_errors(cli: Callable[..., Result], daemon: Orchd) -> None:
+def test_reload_prints_the_diff_or_the_errors(cli: Cli, daemon: Orchd) -> None:
     # orchd also watches the file, so the diff may already have been applied by the time
     # orchctl asks: the endpoint is there either way, and the answer is a diff.
     s = daemon.socket
@@ -286,7 +290,7 @@ def test_reload_prints_the_diff_or_the_errors(cli: Callable[..., Result], daemon
     ok(cli("reload", sock=s))
 
 
-def test_config_check_offline(cli: Callable[..., Result], tmp_path: Path) -> None:
+def test_config_check_offline(cli: Cli, tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(base_config(ECHO)))
     out = ok(cli("config", "check", str(good), sock=tmp_path / "no.sock")).stdout
@@ -321,7 +325,7 @@ def _alive(pid: int) -> bool:
     return not (stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] == "Z")
 
 
-def test_start_status_stop(cli: Callable[..., Result]) -> None:
+def test_start_status_stop(cli: Cli) -> None:
     work = short_tmpdir()
     sock = work / "orchd.sock"
     cfg = work / "orchestrator.yaml"
@@ -365,7 +369,7 @@ def test_start_status_stop(cli: Callable[..., Result]) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def test_start_reports_an_invalid_config_and_a_failed_start(cli: Callable[..., Result]) -> None:
+def test_start_reports_an_invalid_config_and_a_failed_start(cli: Cli) -> None:
     work = short_tmpdir()
     try:
         cfg = work / "bad.yaml"
@@ -395,7 +399,7 @@ def test_start_reports_an_invalid_config_and_a_failed_start(cli: Callable[..., R
         shutil.rmtree(work, ignore_errors=True)
 
 
-def test_stop_waits_for_a_graceful_exit(cli: Callable[..., Result]) -> None:
+def test_stop_waits_for_a_graceful_exit(cli: Cli) -> None:
     d = Orchd(base_config(ECHO))
     try:
         d.start()
