@@ -40,6 +40,7 @@ import base64
 import contextlib
 import json
 import math
+import os
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -489,7 +490,8 @@ def _describe(exc: BaseException) -> str:
     if isinstance(exc, TimeoutError):
         return "timed out"
     if isinstance(exc, aiohttp.ClientConnectorError):
-        return f"cannot connect ({exc.os_error.strerror or exc.os_error})"
+        code = exc.os_error.errno
+        return f"cannot connect ({os.strerror(code) if code else exc.os_error})"
     if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
         return "the connection was lost"
     return str(exc) or type(exc).__name__
