@@ -176,8 +176,10 @@ class Proxy:
             retry = max(1, int(min(t.breaker.retry_after() for t in open_breakers) + 0.999))
             if fallback is not None:
                 raise _Fallback(fallback.status, dict(fallback.headers), fallback.body, retry)
-            reasons = "; ".join(f"{t.url}: {t.breaker.last_failure or t.breaker.state}"
-                                for t in open_breakers)
+            reasons = "; ".join(
+                f"{t.url}: {t.breaker.state}"
+                + (f", last failure: {t.breaker.last_failure}" if t.breaker.last_failure else "")
+                for t in open_breakers)
             raise ProblemError(503, "Circuit breaker open",
                                f"endpoint {route.name!r}: no target accepts requests while its "
                                f"circuit breaker is open ({reasons})",
@@ -248,6 +250,7 @@ class Proxy:
                 if not (failed.retriable and attempt + 1 < attempts
                         and len(route.targets) > len(tried) and self.budget.try_retry()):
                     raise failed.problem from None
+                last = failed
                 proxy_logger.info("retrying %s %s on another target after: %s",
                                   method, route.name, failed.reason)
         raise AssertionError("unreachable")
