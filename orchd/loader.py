@@ -23,6 +23,7 @@ from yarl import URL
 from orchd.errors import ConfigError, FieldError
 from orchd.model import Config, EndpointSpec
 from orchd.schema import SCHEMA_NAMES, load_schema
+from orchd.upstream_policy import UpstreamPolicy
 
 __all__ = (
     "Document",
@@ -288,6 +289,26 @@ def _expand_pattern(data: Any, pattern: PathTuple, done: PathTuple = ()) -> list
     return []
 
 
+def _upstream_policy_errors(data: dict[str, Any], doc: Document) -> list[FieldError]:
+    """Every endpoint URL the file's ``server.allowed_upstreams`` refuses."""
+    rules = (data.get("server") or {}).get("allowed_upstreams")
+    try:
+        policy = UpstreamPolicy(rules)
+    except ValueError as exc:
+        where: PathTuple = ("server", "allowed_upstreams")
+        return [FieldError(format_path(where), str(exc), doc.line_of(where))]
+    out: list[FieldError] = []
+    for i, ep in enumerate(data.get("endpoints") or ()):
+        urls = [("urls", j, u) for j, u in enumerate(ep["urls"])] if "urls" in ep \
+            else [("url", None, ep["url"])]
+        for key, j, url in urls:
+            reason = policy.check(url)
+            if reason is not None:
+                path: PathTuple = ("endpoints", i, key) if j is None else ("endpoints", i, key, j)
+                out.append(FieldError(format_path(path), reason, doc.line_of(path)))
+    return out
+
+
 def parse_config(text: str, path: str | None = None,
                  env: Mapping[str, str] | None = None) -> Config:
     """Validate a whole configuration document; raise ``ConfigError`` with every error."""
@@ -305,6 +326,8 @@ def parse_config(text: str, path: str | None = None,
     endpoints = data.get("endpoints") or []
     if isinstance(endpoints, list):
         errors += _duplicate_names(endpoints, doc)
+    if not errors:
+        errors += _upstream_policy_errors(data, doc)
     if errors:
         raise ConfigError(errors, path)
     return Config.from_dict(data, path=path, warnings=tuple(_warnings(data, doc)))

@@ -42,6 +42,13 @@ class ServerSettings:
     log_format: str = "text"
     log_file: str | None = None
     metrics: bool = True
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    max_connections: int = 4096
+    max_header_count: int = 100
+    max_header_size: int = 32768
+    max_url_length: int = 8192
+    allowed_upstreams: tuple[str, ...] | None = None
 
     RESTART_KEYS = ("host", "port", "control_socket", "socket_group", "state_dir", "log_file",
                     "metrics")
@@ -53,6 +60,8 @@ class ServerSettings:
             kwargs["admin_token"] = ""
         if kwargs.get("control_socket") == "":
             kwargs["control_socket"] = None
+        if kwargs.get("allowed_upstreams") is not None:
+            kwargs["allowed_upstreams"] = tuple(kwargs["allowed_upstreams"])
         return cls(**kwargs)
 
     def __repr__(self) -> str:  # never show the token

@@ -1,0 +1,339 @@
+"""Edge limits on the public port: slow clients, oversized requests, too many connections.
+
+aiohttp's server parses requests with llhttp and enforces per-line limits, but it answers
+every parse error with 400, waits for headers for as long as the keep-alive timer allows
+(an hour by default), has no floor on how slowly a body may arrive and accepts connections
+without bound. ``GuardedRunner`` serves the public app through ``GuardedHandler``, which adds
+what an edge proxy (nginx, HAProxy, Envoy) has:
+
+* ``server.header_timeout``: the header section must arrive within it, counted from the
+  connection's start or from a keep-alive request's first byte; else 408 (or a silent close
+  when nothing was sent) -- slowloris;
+* ``server.body_timeout``: a request body must advance by ``BODY_PROGRESS`` bytes (or end)
+  within every such window, unless orchd itself is the one not reading; else the request
+  fails with 408 -- slow POST;
+* ``server.max_connections``: beyond it, the oldest connection with no request in progress
+  (idle keep-alive, or still sending its headers) is closed to make room; when there is
+  none, the new connection is answered 503 and closed;
+* ``server.max_url_length`` (414), ``server.max_header_size`` and ``server.max_header_count``
+  (431), as nginx and Envoy answer them; other parse errors stay 400.
+
+Limits are read from the running configuration when a connection opens, so a reload
+applies to new connections. The answers are problem documents, like every other error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from orchd.errors import ProblemError
+from orchd.log import server_logger
+from orchd.model import ServerSettings
+
+__all__ = ("BODY_PROGRESS", "KEEPALIVE_TIMEOUT", "LINGER", "GuardedHandler", "GuardedRunner",
+           "GuardedServer")
+
+BODY_PROGRESS = 1024  # bytes a body must advance by in every body_timeout window
+KEEPALIVE_TIMEOUT = 75.0  # idle keep-alive connections (nginx's default)
+LINGER = 1.0  # seconds a refused connection stays open after the answer, reading
+_REQUEST_LINE_SLACK = 64  # method, spaces and version around the request target
+
+SettingsFn = Callable[[], ServerSettings]
+
+
+def _raw_problem(status: int, detail: str) -> bytes:
+    phrase = HTTPStatus(status).phrase
+    body = json.dumps({"type": "about:blank", "title": phrase, "status": status,
+                       "detail": detail}).encode()
+    head = (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/problem+json\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode("latin-1") + body
+
+
+class GuardedHandler(RequestHandler):
+    """One client connection with header and body deadlines and size limits."""
+
+    __slots__ = ("_awaiting_head", "_body", "_body_handle", "_body_mark", "_guard",
+                 "_head_bytes", "_head_handle", "_limits", "_line")
+
+    def __init__(self, manager: GuardedServer, limits: ServerSettings, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._guard = manager
+        self._limits = limits
+        self._awaiting_head = True
+        self._head_bytes = 0
+        self._line: bytearray | None = bytearray()
+        self._head_handle: asyncio.TimerHandle | None = None
+        self._body_handle: asyncio.TimerHandle | None = None
+        self._body: Any = None  # the StreamReader of the request whose body is arriving
+        self._body_mark = 0
+
+    # -- connection
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._arm_head()
+        self._guard.admit(self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._guard.forget(self)
+        self._cancel_timers()
+        self._body = None
+        super().connection_lost(exc)
+
+    def evictable(self) -> bool:
+        """No request in progress: idle keep-alive, or still sending its header section."""
+        return self._awaiting_head and not self._request_in_progress and not self._messages
+
+    def refuse(self, status: int, detail: str) -> None:
+        """Answer ``status`` with a problem document and close, outside any request."""
+        server_logger.debug("refusing a connection from %s: %d %s",
+                            self._peer(), status, detail)
+        self._cancel_timers()
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            self.force_close()
+            return
+        # Close gracefully: the answer, then FIN, then a moment to take what the client is
+        # still sending. Closing with unread input would reset the connection and the
+        # client could lose the answer.
+        self._force_close = True
+        if self._waiter:
+            self._waiter.cancel()
+        self.transport = None
+        transport.write(_raw_problem(status, detail))
+        with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
+            if transport.can_write_eof():
+                transport.write_eof()
+        self._loop.call_later(LINGER, transport.close)
+
+    def _peer(self) -> str:
+        transport = self.transport
+        peer = transport.get_extra_info("peername") if transport is not None else None
+        return str(peer[0]) if peer else "?"
+
+    # -- bytes in
+
+    def data_received(self, data: bytes) -> None:
+        if self._force_close or self._close or self._upgraded or self._payload_parser:
+            super().data_received(data)
+            return
+        limits = self._limits
+        if not self._awaiting_head and self._body is not None and self._body.is_eof():
+            self._body_done()  # the body ended before this read: a new request begins
+        if self._awaiting_head and data:
+            if self._head_handle is None:  # a keep-alive request's first byte
+                self._arm_head()
+                self._head_bytes = 0
+                self._line = bytearray()
+            self._head_bytes += len(data)
+            line = self._line
+            if line is not None:
+                end = data.find(b"\n")
+                line += data if end < 0 else data[:end]
+                if end >= 0:
+                    self._line = None
+                    parts = bytes(line).split()
+                    target = parts[1] if len(parts) > 1 else b""
+                    if len(target) > limits.max_url_length:
+                        self.refuse(414, f"the request target is {len(target)} bytes; "
+                                         f"the limit is {limits.max_url_length}")
+                        return
+                elif len(line) > limits.max_url_length + _REQUEST_LINE_SLACK:
+                    self.refuse(414, f"the request target is longer than the limit of "
+                                     f"{limits.max_url_length} bytes")
+                    return
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count != before:
+            if self._head_too_large(self._request_count - before):
+                self._messages.clear()  # none of them is handled
+                self.refuse(431, f"the header section is larger than the limit of "
+                                 f"{limits.max_header_size} bytes")
+                return
+            self._message_started()
+        elif self._awaiting_head and self._head_bytes > limits.max_header_size:
+            self.refuse(431, f"the header section is larger than the limit of "
+                             f"{limits.max_header_size} bytes")
+
+    def _head_too_large(self, new: int) -> bool:
+        """Whether a header section parsed whole in one read is over the limit."""
+        limit = self._limits.max_header_size
+        for message, _payload in list(self._messages)[-new:]:
+            if isinstance(message, RawRequestMessage) and len(message.path) + sum(
+                    len(k) + len(v) + 4 for k, v in message.raw_headers) > limit:
+                return True
+        return False
+
+    def _message_started(self) -> None:
+        """A header section was parsed: its body (if any) is on the clock now."""
+        self._cancel_head()
+        payload = self._messages[-1][1] if self._messages else None
+        self._line = None  # the next request's line may have arrived in the same read
+        self._head_bytes = 0
+        if payload is not None and not payload.is_eof():
+            self._awaiting_head = False
+            self._body = payload
+            self._body_mark = payload.total_bytes
+            self._arm_body()
+        else:
+            self._awaiting_head = True
+
+    # -- deadlines
+
+    def _arm_head(self) -> None:
+        self._cancel_head()
+        self._head_handle = self._loop.call_later(self._limits.header_timeout,
+                                                  self._head_expired)
+
+    def _cancel_head(self) -> None:
+        if self._head_handle is not None:
+            self._head_handle.cancel()
+            self._head_handle = None
+
+    def _head_expired(self) -> None:
+        self._head_handle = None
+        if self._force_close or not self._awaiting_head:
+            return
+        if self._request_in_progress or self._messages:
+            self._arm_head()  # a pipelined request waits for the current one
+            return
+        if self._head_bytes:
+            self.refuse(408, f"the request's headers did not arrive within "
+                             f"{self._limits.header_timeout:g}s")
+        elif self._request_count == 0:
+            server_logger.debug("closing a connection from %s that sent nothing within %gs",
+                                self._peer(), self._limits.header_timeout)
+            self.force_close()
+
+    def _arm_body(self) -> None:
+        if self._body_handle is not None:
+            self._body_handle.cancel()
+        self._body_handle = self._loop.call_later(self._limits.body_timeout,
+                                                  self._body_check)
+
+    def _body_check(self) -> None:
+        self._body_handle = None
+        payload = self._body
+        if payload is None or self._force_close:
+            return
+        if payload.is_eof() or payload.exception() is not None:
+            self._body_done()
+            return
+        progress = payload.total_bytes - self._body_mark
+        # Not the client's fault when orchd is the one not reading (a slow upstream).
+        ours = self._reading_paused or len(payload._buffer) > 0
+        if progress >= BODY_PROGRESS or ours:
+            self._body_mark = payload.total_bytes
+            self._arm_body()
+            return
+        timeout = self._limits.body_timeout
+        server_logger.info("cutting a request body from %s: %d bytes in the last %gs",
+                           self._peer(), progress, timeout)
+        self._body = None
+        payload.set_exception(ProblemError(
+            408, "Request body too slow",
+            f"the request body advanced by {progress} bytes in {timeout:g}s; "
+            f"at least {BODY_PROGRESS} bytes (or its end) must arrive in every {timeout:g}s",
+            headers={"Connection": "close"}))
+        payload.feed_eof()  # readers raise the error; nothing more is read
+        self.close()  # no keep-alive after this request
+
+    def _body_done(self) -> None:
+        self._body = None
+        self._awaiting_head = True
+        if self._body_handle is not None:
+            self._body_handle.cancel()
+            self._body_handle = None
+
+    def _cancel_timers(self) -> None:
+        self._cancel_head()
+        if self._body_handle is not None:
+            self._body_handle.cancel()
+            self._body_handle = None
+
+    # -- parse errors: 431 for oversized headers, problem documents, no log noise
+
+    def handle_error(self, request: BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status != 400 or not isinstance(exc, HttpProcessingError):
+            return super().handle_error(request, status, exc, message)
+        self._cancel_timers()
+        detail = exc.message if isinstance(exc.message, str) else str(exc)
+        if isinstance(exc, LineTooLong) or "Too many headers" in detail:
+            status = 431
+            detail = (f"a header field is too large or there are more than "
+                      f"{self._limits.max_header_count} of them: {detail}")
+        server_logger.debug("bad request from %s: %s", request.remote, detail)
+        body = {"type": "about:blank", "title": HTTPStatus(status).phrase,
+                "status": status, "detail": detail[:500]}
+        resp = web.Response(status=status, text=json.dumps(body),
+                            content_type="application/problem+json")
+        resp.force_close()
+        return resp
+
+
+class GuardedServer(web.Server):
+    """aiohttp's low-level server with ``GuardedHandler`` connections, counted and capped."""
+
+    def __init__(self, *args: Any, settings: SettingsFn, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._settings = settings
+        self.guarded: dict[GuardedHandler, None] = {}  # oldest first
+        self.evicted = 0
+        self.refused = 0
+
+    def __call__(self) -> GuardedHandler:
+        limits = self._settings()
+        kwargs = {**self._kwargs,
+                  "keepalive_timeout": KEEPALIVE_TIMEOUT,
+                  "max_line_size": limits.max_url_length + 2 * _REQUEST_LINE_SLACK,
+                  "max_field_size": limits.max_header_size,
+                  "max_headers": limits.max_header_count}
+        return GuardedHandler(self, limits, loop=self._loop, **kwargs)
+
+    def admit(self, handler: GuardedHandler) -> None:
+        self.guarded[handler] = None
+        over = len(self.guarded) - handler._limits.max_connections
+        if over <= 0:
+            return
+        victims = [h for h in self.guarded if h is not handler and h.evictable()][:over]
+        for victim in victims:
+            self.evicted += 1
+            victim.force_close()
+            self.guarded.pop(victim, None)
+        if len(victims) < over:
+            self.refused += 1
+            server_logger.warning("server.max_connections (%d) reached: refusing a connection",
+                                  handler._limits.max_connections)
+            handler.refuse(503, "too many connections; retry later")
+            self.guarded.pop(handler, None)
+
+    def forget(self, handler: GuardedHandler) -> None:
+        self.guarded.pop(handler, None)
+
+
+class GuardedRunner(web.AppRunner):
+    """An ``AppRunner`` whose connections are ``GuardedHandler``s."""
+
+    def __init__(self, app: web.Application, *, settings: SettingsFn, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self._settings = settings
+
+    async def _make_server(self) -> web.Server:
+        base = await super()._make_server()
+        return GuardedServer(base.request_handler, request_factory=base.request_factory,
+                             handler_cancellation=base.handler_cancellation,
+                             loop=base._loop, settings=self._settings, **base._kwargs)

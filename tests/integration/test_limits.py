@@ -1,0 +1,266 @@
+"""Slow and oversized clients: header and body deadlines, size limits, connection cap."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from typing import Any
+
+import aiohttp
+
+from tests.integration.rawhttp import (
+    connect,
+    endpoint,
+    exchange,
+    fd_count,
+    read_answer,
+    wait_closed_by_peer,
+)
+from tests.support import base_config
+
+
+def limited(up_url: str, **server: Any) -> dict[str, Any]:
+    return base_config(endpoint("echo", up_url), server=server)
+
+
+async def test_within_limits_a_request_is_served(orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url))
+    headers = "".join(f"X-H{i}: {'v' * 50}\r\n" for i in range(90))
+    answer = await exchange(gw.port, (f"GET /orchestrator/echo/{'a' * 8000} HTTP/1.1\r\n"
+                                      f"Host: x\r\n{headers}\r\n").encode())
+    assert answer.status == 200, answer.head
+    assert json.loads(answer.body)["headers"]["X-H89"] == "v" * 50
+
+
+async def test_too_many_headers_get_431(orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url, max_header_count=20))
+    headers = "".join(f"X-H{i}: v\r\n" for i in range(30))
+    answer = await exchange(gw.port, f"GET /health HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+    assert answer.status == 431, answer.head
+    assert b"application/problem+json" in answer.head
+    assert json.loads(answer.body)["status"] == 431
+    assert up.requests == []
+
+
+async def test_one_oversized_header_gets_431(orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url, max_header_size=4096))
+    answer = await exchange(gw.port, (f"GET /orchestrator/echo/ HTTP/1.1\r\nHost: x\r\n"
+                                      f"Cookie: {'c' * 6000}\r\n\r\n").encode())
+    assert answer.status == 431, answer.head
+    assert up.requests == []
+
+
+async def test_header_section_too_large_in_total_gets_431(orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url, max_header_size=4096))
+    # Each field is small; together they cross the limit.
+    headers = "".join(f"X-H{i}: {'v' * 200}\r\n" for i in range(40))
+    answer = await exchange(gw.port, (f"GET /orchestrator/echo/ HTTP/1.1\r\nHost: x\r\n"
+                                      f"{headers}\r\n").encode())
+    assert answer.status == 431, answer.head
+    assert up.requests == []
+
+
+async def test_url_too_long_gets_414(orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url, max_url_length=1024))
+    answer = await exchange(gw.port, (f"GET /orchestrator/echo/{'a' * 2000} HTTP/1.1\r\n"
+                                      "Host: x\r\n\r\n").encode())
+    assert answer.status == 414, answer.head
+    assert b"application/problem+json" in answer.head
+    # A request line that never ends is cut as soon as it is over the limit.
+    reader, writer = await connect(gw.port)
+    try:
+        writer.write(b"GET /" + b"a" * 4000)
+        await writer.drain()
+        answer = await read_answer(reader)
+        assert answer.status == 414
+    finally:
+        writer.close()
+    assert up.requests == []
+
+
+async def test_body_over_max_body_size_gets_413(orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url, max_body_size=1000))
+    answer = await exchange(gw.port, (b"POST /orchestrator/echo/ HTTP/1.1\r\nHost: x\r\n"
+                                      b"Content-Length: 5000\r\n\r\n" + b"x" * 5000))
+    assert answer.status == 413
+
+
+async def test_slowloris_headers_are_cut_with_408(orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url, header_timeout=1))
+    reader, writer = await connect(gw.port)
+    sent = b""
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+        # One byte of a header at a time; bounded: at most 200 bytes over 10 s.
+        answer = b""
+        for _ in range(200):
+            try:
+                writer.write(b"X")
+                await writer.drain()
+            except ConnectionError:
+                break
+            sent += b"X"
+            with contextlib.suppress(TimeoutError):
+                answer += await asyncio.wait_for(reader.read(4096), 0.05)
+            if answer or reader.at_eof():
+                break
+        answer += await wait_closed_by_peer(reader, 10)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:200]
+    assert len(sent) < 200
+
+
+async def test_connection_that_sends_nothing_is_closed(orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url, header_timeout=0.5))
+    reader, writer = await connect(gw.port)
+    try:
+        assert await wait_closed_by_peer(reader, 10) == b""
+    finally:
+        writer.close()
+
+
+async def test_slow_body_is_cut_with_408_and_the_upstream_request_aborted(
+        orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url, body_timeout=1))
+    reader, writer = await connect(gw.port)
+    answer = b""
+    try:
+        writer.write(b"POST /orchestrator/echo/ HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + b"y" * 100)
+        for _ in range(100):  # a byte every 0.1 s: far below 1 KiB per second
+            try:
+                writer.write(b"y")
+                await writer.drain()
+            except ConnectionError:
+                break
+            with contextlib.suppress(TimeoutError):
+                answer += await asyncio.wait_for(reader.read(4096), 0.1)
+            if answer or reader.at_eof():
+                break
+        answer += await wait_closed_by_peer(reader, 10)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert b"Request body too slow" in answer
+    # The echo upstream never got a whole body to answer.
+    assert all(r.content_length == 100000 for r in up.requests)
+    assert "Traceback" not in gw.log(), gw.log()[-3000:]
+
+
+async def test_a_body_that_keeps_a_steady_pace_is_not_cut(orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url, body_timeout=1))
+    reader, writer = await connect(gw.port)
+    try:
+        writer.write(b"POST /orchestrator/echo/ HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 30000\r\n\r\n")
+        for _ in range(10):  # 3000 bytes every 0.2 s for 2 s: twice the body_timeout
+            writer.write(b"z" * 3000)
+            await writer.drain()
+            await asyncio.sleep(0.2)
+        answer = await read_answer(reader)
+    finally:
+        writer.close()
+    assert answer.status == 200, answer.head
+    assert json.loads(answer.body)["body_length"] == 30000
+
+
+async def test_health_answers_during_a_slowloris_attack(orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url, header_timeout=3, max_connections=20))
+    attackers: list[asyncio.StreamWriter] = []
+    base_fds = fd_count(gw.proc.pid)
+    try:
+        for _ in range(60):  # three times max_connections, each sending headers slowly
+            with contextlib.suppress(OSError):
+                _r, w = await connect(gw.port)
+                w.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                attackers.append(w)
+
+        async def trickle() -> None:
+            for _ in range(40):
+                for w in attackers:
+                    with contextlib.suppress(Exception):
+                        w.write(b"a")
+                await asyncio.sleep(0.05)
+
+        feeder = asyncio.create_task(trickle())
+        ok = 0
+        async with aiohttp.ClientSession() as s:
+            for _ in range(10):
+                async with s.get(f"{gw.url}/health",
+                                 timeout=aiohttp.ClientTimeout(total=5)) as r:
+                    ok += r.status == 200
+                await asyncio.sleep(0.05)
+        await feeder
+        assert ok == 10
+        # orchd holds at most max_connections client sockets, whatever the attackers open.
+        assert fd_count(gw.proc.pid) <= base_fds + 20 + 5
+    finally:
+        for w in attackers:
+            w.close()
+    log = gw.log()
+    assert "Traceback" not in log
+
+
+async def test_max_connections_evicts_idle_then_refuses_busy(orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url, max_connections=4, body_timeout=60))
+    busy: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        # Four connections in the middle of a request body: none may be evicted.
+        for _ in range(4):
+            r, w = await connect(gw.port)
+            w.write(b"POST /orchestrator/echo/ HTTP/1.1\r\nHost: x\r\n"
+                    b"Content-Length: 10\r\n\r\nab")
+            await w.drain()
+            busy.append((r, w))
+
+        async def upstream_sees_all() -> bool:
+            return len(up.requests) == 4
+
+        for _ in range(200):
+            if await upstream_sees_all():
+                break
+            await asyncio.sleep(0.05)
+        assert len(up.requests) == 4
+        answer = await exchange(gw.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.status == 503, answer.head
+        assert b"too many connections" in answer.body
+        # They finish; their connections stay open, idle: now they can make room.
+        for r, w in busy:
+            w.write(b"cdefghij")
+            await w.drain()
+            assert (await read_answer(r)).status == 200
+        answer = await exchange(gw.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.status == 200, answer.head
+        # The oldest idle connection was closed to make room.
+        assert await wait_closed_by_peer(busy[0][0], 10) == b""
+    finally:
+        for _r, w in busy:
+            w.close()
+
+
+async def test_limits_are_config_keys_and_validated(orchd_factory):
+    from orchd.errors import ConfigError
+    from orchd.loader import parse_config
+
+    cfg = parse_config("server:\n  header_timeout: 2.5\n  max_connections: 10\n")
+    assert cfg.server.header_timeout == 2.5 and cfg.server.max_connections == 10
+    try:
+        parse_config("server:\n  max_connections: 0\n")
+    except ConfigError as exc:
+        assert "server.max_connections" in exc.summary()
+    else:
+        raise AssertionError("max_connections: 0 was accepted")
