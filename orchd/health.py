@@ -162,7 +162,7 @@ class HealthChecker:
                 error = f"timed out after {settings.timeout:g}s"
             except aiohttp.ClientConnectorError as exc:
                 err = exc.os_error
-                why = err.strerror or (os.strerror(err.errno) if err.errno else str(err))
+                why = os.strerror(err.errno) if err.errno else (err.strerror or str(err))
                 error = f"connect error: {why}"
             except (aiohttp.ClientError, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"

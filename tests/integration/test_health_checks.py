@@ -13,7 +13,7 @@ from tests.integration.resilience import (
     health_of,
     until,
 )
-from tests.support import async_wait_until, base_config
+from tests.support import async_wait_until, base_config, free_port
 
 FAST = {"enabled": True, "interval": 0.2, "timeout": 1, "healthy_threshold": 2,
         "unhealthy_threshold": 3}
@@ -174,3 +174,12 @@ async def test_state_kept_for_unchanged_targets_across_reload(orchd_factory, ups
     # the changed target is a new target: fresh breaker, not checked yet or checked anew
     fresh = await breaker_of(http, base, "moved")
     assert fresh["state"] == "closed" and fresh["targets"][0]["url"] == f"{up.url}/new"
+
+
+async def test_check_now_names_a_refused_connection(orchd_factory, http):
+    dead = f"http://127.0.0.1:{free_port()}"
+    daemon = orchd_factory(base_config({"name": "svc", "url": dead}))
+    status, body = await admin(http, "POST", f"{daemon.url}/health/check/svc")
+    assert status == 200
+    assert body["targets"][0]["error_message"] == "connect error: Connection refused"
+    assert body["targets"][0]["health"] == "unknown"  # one failure is below the fall threshold
