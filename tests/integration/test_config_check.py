@@ -34,6 +34,14 @@ def test_shipped_example_config_is_valid() -> None:
     assert "etc/orchestrator.yaml is valid" in proc.stdout
 
 
+def test_documented_example_configs_are_valid() -> None:
+    examples = sorted((ROOT / "docs" / "examples").glob("*.yaml"))
+    assert len(examples) >= 2
+    for path in examples:
+        proc = orchd("--check", "-c", str(path), env={"ORCH_ADMIN_TOKEN": "t"})
+        assert proc.returncode == 0, (path, proc.stderr)
+
+
 def test_main_py_check() -> None:
     proc = subprocess.run([sys.executable, "main.py", "--check", "-c", "etc/orchestrator.yaml"],
                           capture_output=True, text=True, cwd=ROOT, timeout=60)
