@@ -42,7 +42,7 @@ PIP_INSTALL_FLAGS ?=
 
 install:
 	$(PYTHON) -m pip install --quiet --no-warn-script-location --root "$(DESTDIR)/" \
-		--prefix "$(PREFIX)" $(PIP_INSTALL_FLAGS) .
+		--prefix "$(PREFIX)" $(if $(DESTDIR),--ignore-installed) $(PIP_INSTALL_FLAGS) .
 	install -d "$(DESTDIR)$(SYSTEMDUNITDIR)" "$(DESTDIR)$(SYSUSERSDIR)" \
 		"$(DESTDIR)$(MANDIR)/man1" "$(DESTDIR)$(MANDIR)/man5" "$(DESTDIR)$(MANDIR)/man8" \
 		"$(DESTDIR)$(SYSCONFDIR)/orchd" "$(DESTDIR)$(DOCDIR)"

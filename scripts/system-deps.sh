@@ -7,6 +7,7 @@ set_name=${1:-test}
 test_pkgs=(
   "tmux:tmux"
   "groff:groff-base"
+  "systemd-analyze:systemd"
   "chromium:chromium"
   "chromedriver:chromium-driver"
   "etcd:etcd-server"
