@@ -41,6 +41,7 @@ import contextlib
 import json
 import math
 import os
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,8 @@ _RETRY_CODES = frozenset({14, 4, 10, 8, 2})
 # Forwarded to etcd as gRPC metadata: a member that has lost its leader cancels the watch
 # instead of leaving it silent.
 _WATCH_HEADERS = {"Grpc-Metadata-hasleader": "true"}
+FORGET_AFTER = 60.0  # seconds
+FORGET_AFTER_COUNT = 1024  # deleted keys remembered before the old ones are forgotten
 
 
 def _b64(text: str) -> str:
@@ -116,6 +119,7 @@ class EtcdStore:
         self._revision = 0  # the store revision the watch has reached
         self._known: dict[str, _Known] = {}  # full key -> what we know of it
         self._latest: dict[str, int] = {}  # full key -> newest revision written or seen
+        self._deleted: dict[str, float] = {}  # full key -> when it was deleted (monotonic)
         self._events: asyncio.Queue[StoreEvent] = asyncio.Queue()
         self._error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
@@ -230,9 +234,9 @@ class EtcdStore:
             if split is not None:
                 changes.append(StoreEvent(split[1], kind=split[0], revision=revision))
         self._known = known
-        for key in {*known, *(k for k in self._latest if k not in known)}:
-            self._latest[key] = max(self._latest.get(key, 0),
-                                    known[key].revision if key in known else revision)
+        for key in self._latest.keys() | known.keys():
+            self._note(key, known[key].revision if key in known else revision,
+                       deleted=key not in known)
         self._revision = revision
         return StoreState(endpoints, admin), changes
 
@@ -340,7 +344,21 @@ class EtcdStore:
         else:
             self._known[key] = entry
             revision = entry.revision
+        self._note(key, revision, deleted=entry is None)
+
+    def _note(self, key: str, revision: int, deleted: bool) -> None:
+        """Remember the newest revision of a key. A deleted key is forgotten a minute
+        later (when many are), long after any event older than its deletion was applied."""
         self._latest[key] = max(self._latest.get(key, 0), revision)
+        if not deleted:
+            self._deleted.pop(key, None)
+            return
+        now = time.monotonic()
+        self._deleted[key] = now
+        if len(self._deleted) > FORGET_AFTER_COUNT:
+            for old in [k for k, at in self._deleted.items() if at < now - FORGET_AFTER]:
+                del self._deleted[old]
+                self._latest.pop(old, None)
 
     def is_stale(self, event: StoreEvent) -> bool:
         if event.kind not in ("endpoint", "admin"):
@@ -427,8 +445,9 @@ class EtcdStore:
             return
         if revision <= self._latest.get(key, 0):
             return  # this instance wrote it (or has written the key since), or read it
-        self._latest[key] = revision
-        if raw.get("type") == "DELETE":
+        deleted = raw.get("type") == "DELETE"
+        self._note(key, revision, deleted)
+        if deleted:
             self._known.pop(key, None)
             self._events.put_nowait(StoreEvent(split[1], kind=split[0], revision=revision))
             return

@@ -7,7 +7,11 @@ import time
 from typing import Any
 
 import aiohttp
+import pytest
 
+from orchd.errors import ProblemError
+from orchd.store import Record, StoreEvent
+from orchd.store.etcd import EtcdStore
 from tests.etcd_support import TcpRelay, etcd_config
 from tests.support import Orchd, async_wait_until
 
@@ -255,3 +259,55 @@ async def test_unreachable_etcd_at_start_is_a_startup_failure(orchd_factory) -> 
     assert daemon.proc is not None
     assert daemon.proc.wait(20) == 3
     assert "etcd is unreachable" in daemon.log()
+
+
+async def test_store_sees_other_writers_and_leases(etcd_factory) -> None:
+    etcd = etcd_factory(1)
+    one = EtcdStore(etcd.client_urls, "/orchd-unit/", probe_interval=0.2)
+    two = EtcdStore(etcd.client_urls, "/orchd-unit/", probe_interval=0.2)
+    late = EtcdStore(etcd.client_urls, "/orchd-unit/")  # loads, never follows the watch
+    seen_one, seen_two = one.watch(), two.watch()
+    try:
+        for store in (one, two, late):
+            assert (await store.load()).endpoints == {}
+
+        async def next_change(events: Any, name: str) -> StoreEvent:
+            """The next event for ``name`` (a store may also see the echo of its own
+            writes when the watch outruns the write's answer: applying it changes nothing)."""
+            while True:
+                event: StoreEvent = await asyncio.wait_for(events.__anext__(), 10)
+                if event.kind != "status" and event.name == name:
+                    return event
+
+        record = Record({"name": "x", "url": "http://127.0.0.1:9"}, 1.0)
+        await one.put("x", record)
+        event = await next_change(seen_two, "x")
+        assert (event.name, event.record, event.kind) == ("x", record, "endpoint")
+        assert not two.is_stale(event)
+        assert one.is_stale(StoreEvent("x", record, revision=event.revision - 1))
+
+        # a name taken by another instance that this one has not heard of yet: 409, not a
+        # silent overwrite
+        with pytest.raises(ProblemError) as taken:
+            await late.put("x", Record({"name": "x", "url": "http://127.0.0.1:8"}, 2.0))
+        assert taken.value.status == 409
+        assert etcd.keys("/orchd-unit/")["/orchd-unit/endpoints/x"] == record.as_json()
+
+        await two.delete("x")
+        event = await next_change(seen_one, "x")
+        assert (event.name, event.record) == ("x", None)
+
+        # a lease: renewed while heartbeats come, deleted by etcd when they stop
+        await one.put("t", Record({"name": "t", "url": "http://127.0.0.1:9", "ttl": 1}, 3.0))
+        assert (await next_change(seen_two, "t")).record is not None
+        assert await two.renew("t") >= 1
+        event = await next_change(seen_two, "t")
+        assert (event.name, event.record) == ("t", None)
+        with pytest.raises(LookupError):
+            await one.renew("t")
+
+    finally:
+        await seen_one.aclose()
+        await seen_two.aclose()
+        for store in (one, two, late):
+            await store.close()
