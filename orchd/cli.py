@@ -32,6 +32,7 @@ _SECRET_PATTERNS = (
     re.compile(r"(?i)\b(bearer|basic|digest)(\s+)[A-Za-z0-9._~+/=:-]+"),
     re.compile(r"(?i)\b(authorization|proxy-authorization|cookie|set-cookie|x-api-key|"
                r"api[_-]?key|admin_token|password)(['\"]?\s*[:=]\s*['\"]?)[^'\"\s,;}]+"),
+    re.compile(r"(://[^/\s:@]+)(:)[^/\s@]+(?=@)"),  # a password in a URL
 )
 
 

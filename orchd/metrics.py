@@ -3,7 +3,8 @@
 Three ways in, none of them scattered through the request path:
 
 * ``observe()`` is called once per finished request by the access-log hook (orchd.accesslog)
-  with the endpoint, target and upstream error the proxy noted on the request;
+  with the endpoint, target and upstream error the proxy noted on the request, and bumps
+  plain counters (one event loop thread, no locks);
 * ``on_event()`` is an EventBus listener (breaker and health transitions, registry removals);
 * ``Metrics`` is also a collector: breaker, health, registry, reload and in-flight figures
   are read from the live state when ``/metrics`` is scraped, so they can never drift.
@@ -16,20 +17,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from bisect import bisect_left
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import (
     CollectorRegistry,
-    Counter,
-    Histogram,
     PlatformCollector,
     ProcessCollector,
     generate_latest,
 )
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 from orchd import __version__
 from orchd.breaker import CLOSED, FORCED_OPEN, HALF_OPEN, OPEN
@@ -85,7 +91,7 @@ class Window:
             "requests_per_second": round(rate_n / span, 3),
             "p50_ms": _quantile_ms(latencies, 0.50),
             "p99_ms": _quantile_ms(latencies, 0.99),
-            "error_rate": round(failed / len(recent), 4) if recent else 0.0,
+            "error_rate": round(failed / len(recent), 4) if recent else None,
             "window_requests": len(recent),
             "total_requests": self.total,
             "last_errors": list(self.errors),
@@ -103,39 +109,47 @@ def _status_class(status: int) -> str:
     return _CLASSES[status // 100 - 1] if 100 <= status < 600 else "other"
 
 
+class _Histogram:
+    """Bucket counts of one endpoint's latency (plain ints: only the event loop writes)."""
+
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(LATENCY_BUCKETS, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out, total = [], 0
+        for bound, count in zip((*map(floatToGoString, LATENCY_BUCKETS), "+Inf"),
+                                self.counts, strict=True):
+            total += count
+            out.append((bound, float(total)))
+        return out
+
+
 class Metrics(Collector):
-    """All of orchd's metrics; built by the composition root, one per daemon."""
+    """All of orchd's metrics; built by the composition root, one per daemon.
+
+    The request path only bumps plain integers in dicts (everything runs on the one event
+    loop thread, so no lock is needed); ``collect()`` turns them into metric families when
+    ``/metrics`` is scraped. That keeps the per-request cost to a few dict operations.
+    """
 
     def __init__(self, state: GatewayState) -> None:
         self.state = state
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.requests = Counter(
-            "orchd_requests", "Requests through the proxy, by endpoint, method and status class.",
-            ("endpoint", "method", "code"), registry=r)
-        self.latency = Histogram(
-            "orchd_upstream_latency_seconds",
-            "Time from a proxied request's arrival to the end of the upstream's answer, for "
-            "requests that reached an upstream target.",
-            ("endpoint",), buckets=LATENCY_BUCKETS, registry=r)
-        self.upstream_errors = Counter(
-            "orchd_upstream_errors", "Upstream failures by kind: refused, timeout, reset, 5xx.",
-            ("endpoint", "kind"), registry=r)
-        self.breaker_transitions = Counter(
-            "orchd_circuit_breaker_transitions", "Circuit breaker transitions, by new state.",
-            ("endpoint", "state"), registry=r)
-        self.health_transitions = Counter(
-            "orchd_health_transitions", "Target health transitions, by new health.",
-            ("endpoint", "health"), registry=r)
-        r.register(self)
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        # Label children are cached: a dict lookup per request instead of .labels().
-        self._req_children: dict[tuple[str, str, int], tuple[Any, tuple[str, ...]]] = {}
-        self._lat_children: dict[str, Any] = {}
-        self._err_children: dict[tuple[str, str], Any] = {}
-        self._transitions: set[tuple[Counter, tuple[str, ...]]] = set()
+        self._requests: dict[tuple[str, str, int], int] = {}
+        self._latency: dict[str, _Histogram] = {}
+        self._errors: dict[tuple[str, str], int] = {}
+        self._transitions: dict[tuple[str, str, str], int] = {}  # (kind, endpoint, state)
         self.windows: dict[str, Window] = {}
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(self)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
         state.bus.add_listener(self.on_event)
 
     # -- the request hook (one call per finished request)
@@ -146,78 +160,94 @@ class Metrics(Collector):
             if not request.path.startswith("/orchestrator/"):
                 return  # admin, health, docs: not proxy traffic
             endpoint = UNMATCHED
-        method = request.method
-        key = (endpoint, method, status // 100)
-        cached = self._req_children.get(key)
-        if cached is None:
-            labels = (endpoint, method if method in _METHODS else "OTHER", _status_class(status))
-            cached = self._req_children[key] = (self.requests.labels(*labels), labels)
-        cached[0].inc()
+        key = (endpoint, request.method, status)
+        self._requests[key] = self._requests.get(key, 0) + 1
         if endpoint is UNMATCHED:
             return
         kind = request.get("upstream_error")
         if request.get("target") is not None:
-            lat = self._lat_children.get(endpoint)
-            if lat is None:
-                lat = self._lat_children[endpoint] = self.latency.labels(endpoint)
-            lat.observe(duration)
+            hist = self._latency.get(endpoint)
+            if hist is None:
+                hist = self._latency[endpoint] = _Histogram()
+            hist.observe(duration)
+        failed = status >= 500 or kind is not None
         if kind is not None:
-            err = self._err_children.get((endpoint, kind))
-            if err is None:
-                err = self._err_children[(endpoint, kind)] = self.upstream_errors.labels(
-                    endpoint, kind)
-            err.inc()
+            err_key = (endpoint, kind)
+            self._errors[err_key] = self._errors.get(err_key, 0) + 1
         window = self.windows.get(endpoint)
         if window is None:
             window = self.windows[endpoint] = Window()
         now = time.time()
-        failed = status >= 500 or kind is not None
         window.add(now, duration, failed)
         if failed:
             window.errors.appendleft({
                 "time": now, "status": status, "kind": kind or _status_class(status),
                 "target": request.get("target"), "request_id": request.get("request_id"),
-                "method": method, "path": request.path,
+                "method": request.method, "path": request.path,
             })
 
     # -- EventBus listener
 
     def on_event(self, event: Event) -> None:
         data = event.data
-        if event.type == "breaker":
-            labels = (data["endpoint_id"], data["state"])
-            self.breaker_transitions.labels(*labels).inc()
-            self._transitions.add((self.breaker_transitions, labels))
-        elif event.type == "health":
-            labels = (data["endpoint_id"], str(data.get("status", "")))
-            self.health_transitions.labels(*labels).inc()
-            self._transitions.add((self.health_transitions, labels))
+        if event.type in ("breaker", "health") and data.get("endpoint_id"):
+            key = (event.type, data["endpoint_id"], str(data.get("state", data.get("status"))))
+            self._transitions[key] = self._transitions.get(key, 0) + 1
         elif (event.type == "registry" and data.get("action") == "removed"
               and data.get("endpoint_id")):
             self.forget(data["endpoint_id"])
 
     def forget(self, endpoint: str) -> None:
         """Drop the series of an endpoint that no longer exists."""
-        for key in [k for k in self._req_children if k[0] == endpoint]:
-            _child, labels = self._req_children.pop(key)
-            with contextlib.suppress(KeyError):
-                self.requests.remove(*labels)
-        if self._lat_children.pop(endpoint, None) is not None:
-            with contextlib.suppress(KeyError):
-                self.latency.remove(endpoint)
-        for err_key in [k for k in self._err_children if k[0] == endpoint]:
-            del self._err_children[err_key]
-            with contextlib.suppress(KeyError):
-                self.upstream_errors.remove(*err_key)
-        for metric, labels in [m for m in self._transitions if m[1][0] == endpoint]:
-            self._transitions.discard((metric, labels))
-            with contextlib.suppress(KeyError):
-                metric.remove(*labels)
+        for req_key in [k for k in self._requests if k[0] == endpoint]:
+            del self._requests[req_key]
+        for err_key in [k for k in self._errors if k[0] == endpoint]:
+            del self._errors[err_key]
+        for tr_key in [k for k in self._transitions if k[1] == endpoint]:
+            del self._transitions[tr_key]
+        self._latency.pop(endpoint, None)
         self.windows.pop(endpoint, None)
+
+    def _traffic(self) -> Iterable[Metric]:
+        requests = CounterMetricFamily(
+            "orchd_requests", "Requests through the proxy, by endpoint, method and status class.",
+            labels=("endpoint", "method", "code"))
+        merged: dict[tuple[str, str, str], int] = {}
+        for (endpoint, method, status), count in self._requests.items():
+            labels = (endpoint, method if method in _METHODS else "OTHER",
+                      _status_class(status))
+            merged[labels] = merged.get(labels, 0) + count
+        for labels, count in sorted(merged.items()):
+            requests.add_metric(labels, count)
+        yield requests
+        latency = HistogramMetricFamily(
+            "orchd_upstream_latency_seconds",
+            "Time from a proxied request's arrival to the end of the upstream's answer, for "
+            "requests that reached an upstream target.", labels=("endpoint",))
+        for endpoint, hist in sorted(self._latency.items()):
+            latency.add_metric((endpoint,), hist.cumulative(), hist.sum)
+        yield latency
+        errors = CounterMetricFamily(
+            "orchd_upstream_errors", "Upstream failures by kind: refused, timeout, reset, 5xx.",
+            labels=("endpoint", "kind"))
+        for err_key, count in sorted(self._errors.items()):
+            errors.add_metric(err_key, count)
+        yield errors
+        breaker = CounterMetricFamily(
+            "orchd_circuit_breaker_transitions", "Circuit breaker transitions, by new state.",
+            labels=("endpoint", "state"))
+        health = CounterMetricFamily(
+            "orchd_health_transitions", "Target health transitions, by new health.",
+            labels=("endpoint", "health"))
+        for (kind, endpoint, new), count in sorted(self._transitions.items()):
+            (breaker if kind == "breaker" else health).add_metric((endpoint, new), count)
+        yield breaker
+        yield health
 
     # -- scrape time
 
     def collect(self) -> Iterable[Metric]:
+        yield from self._traffic()
         state = self.state
         routes = list(state.registry.snapshot.routes.values())
         in_flight = GaugeMetricFamily("orchd_in_flight_requests",

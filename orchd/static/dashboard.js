@@ -85,7 +85,7 @@ function renderRows() {
       <td><span class="pill ${statusCls}">${esc(statusText)}</span></td>
       <td class="breaker"><span class="pill ${cbCls}">${esc(cbText)}</span>${
         reason ? `<span class="reason">${esc(reason)}</span>` : ""}</td>
-      <td class="num">${s.requests_per_second != null ? s.requests_per_second.toFixed(1) : "–"}</td>
+      <td class="num">${s.window_requests ? s.requests_per_second.toFixed(1) : "–"}</td>
       <td class="num">${ms(s.p50_ms)}</td>
       <td class="num">${ms(s.p99_ms)}</td>
       <td class="num err-rate ${rateCls}">${rate === null ? "–" : `${(rate * 100).toFixed(1)} %`}</td>
