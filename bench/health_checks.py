@@ -141,7 +141,10 @@ async def main() -> None:
               f"health checks every {args.interval:g}s, {os.cpu_count()} CPUs", flush=True)
         runs = [False, True] if args.baseline else [True]
         for enabled in runs:
-            print(report(await run_once(ports, args, enabled), args.duration), flush=True)
+            load = os.getloadavg()[0]
+            row = await run_once(ports, args, enabled)
+            print(f"{report(row, args.duration)}  (load average {load:.2f} before, "
+                  f"{os.getloadavg()[0]:.2f} after)", flush=True)
     finally:
         backends.terminate()
         backends.join(5)
