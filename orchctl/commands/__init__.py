@@ -24,7 +24,7 @@ import typer
 
 __all__ = ("ORDER", "register_all")
 
-ORDER = ("daemon", "config", "status", "endpoints", "breakers")
+ORDER = ("daemon", "restart", "config", "status", "endpoints", "breakers")
 
 
 def _modules() -> list[ModuleType]:
