@@ -184,7 +184,7 @@ class EtcdStore:
 
     def _set_error(self, error: str | None) -> None:
         if (error is None) == (self._error is None):
-            self._error = error if error is not None else None
+            self._error = error  # no change of state: no event
             return
         self._error = error
         if error is None:
@@ -258,13 +258,18 @@ class EtcdStore:
     # -- writes
 
     async def put(self, name: str, record: Record) -> None:
+        """Write a registration: a new one only if the name is free in etcd (another
+        instance may have taken it a moment ago), a replacement (same registration time
+        as the stored one) over what is there."""
         key = self._key(ENDPOINTS, name)
         value = json.dumps(record.as_json(), sort_keys=True).encode()
         old = self._known.get(key)
+        stored = _record_of(old) if old is not None else None
+        replacing = stored is not None and stored.registration_time == record.registration_time
         ttl = _ttl(record)
         lease = 0
         if ttl is not None:
-            if old is not None and old.lease and _ttl_of(old) == ttl:
+            if old is not None and old.lease and stored is not None and _ttl(stored) == ttl:
                 with contextlib.suppress(LookupError):  # same ttl: keep and renew the lease
                     await self._keepalive(old.lease)
                     lease = old.lease
@@ -277,7 +282,7 @@ class EtcdStore:
         admin = self._known.get(admin_key)
         if admin is not None and admin.lease != lease:
             ops.append(_put_op(admin_key, admin.value, lease))
-        compare = [] if old is not None else [{
+        compare = [] if replacing else [{
             "key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": "0",
         }]
         result = await self._call("/v3/kv/txn", {"compare": compare, "success": ops},
@@ -498,10 +503,10 @@ def _put_op(key: str, value: bytes, lease: int) -> dict[str, Any]:
     return {"request_put": {"key": _b64(key), "value": _b64v(value), "lease": str(lease)}}
 
 
-def _ttl_of(entry: _Known) -> int | None:
+def _record_of(entry: _Known) -> Record | None:
     try:
-        return _ttl(Record.from_json(json.loads(entry.value)))
-    except (ValueError, KeyError, TypeError):
+        return Record.from_json(json.loads(entry.value))
+    except (ValueError, KeyError, TypeError, AttributeError):
         return None
 
 

@@ -291,7 +291,15 @@ async def test_store_sees_other_writers_and_leases(etcd_factory) -> None:
         with pytest.raises(ProblemError) as taken:
             await late.put("x", Record({"name": "x", "url": "http://127.0.0.1:8"}, 2.0))
         assert taken.value.status == 409
+        # nor one whose watch has brought the name but whose registry has not applied it
+        with pytest.raises(ProblemError) as taken:
+            await two.put("x", Record({"name": "x", "url": "http://127.0.0.1:8"}, 2.0))
+        assert taken.value.status == 409
         assert etcd.keys("/orchd-unit/")["/orchd-unit/endpoints/x"] == record.as_json()
+        # a replacement keeps the registration time
+        replaced = Record({"name": "x", "url": "http://127.0.0.1:7"}, record.registration_time)
+        await two.put("x", replaced)
+        assert (await next_change(seen_one, "x")).record == replaced
 
         await two.delete("x")
         event = await next_change(seen_one, "x")
