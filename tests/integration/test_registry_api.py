@@ -10,6 +10,7 @@ import asyncio
 import io
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -391,6 +392,19 @@ async def test_unknown_admin_route_is_a_problem(env: Env, http: aiohttp.ClientSe
     await problem(http, "GET", env.api("/registry/nothing-here"), 404)
     body = await problem(http, "PATCH", env.api("/registry/endpoints"), 405)
     assert body["detail"]
+
+
+async def test_health_and_registry_answers_are_stamped(env: Env,
+                                                        http: aiohttp.ClientSession) -> None:
+    for path in ("/health", "/health/ready", "/registry/endpoints", "/registry/endpoints/cfg_a",
+                 "/registry/stats", "/registry/endpoints/missing",
+                 "/registry/endpoints?limit=0"):
+        async with http.get(env.api(path)) as r:
+            body = await r.json(content_type=None)
+        assert_stamped(body)
+        # the ISO form is the same instant as the epoch seconds, in UTC
+        parsed = datetime.strptime(body["timestamp_iso"], "%Y-%m-%dT%H:%M:%S.%fZ")
+        assert abs(parsed.replace(tzinfo=UTC).timestamp() - body["timestamp"]) < 0.002, path
 
 
 async def test_every_answer_so_far_kept_state(env: Env, http: aiohttp.ClientSession) -> None:
