@@ -1,8 +1,12 @@
 """The composition root: builds every part, wires them, runs until told to stop, stops.
 
 Lifecycle: load the store -> build the registry -> start health checks and the change
-consumer -> open the listeners -> READY. On SIGTERM (or /control/stop): readiness turns 503,
-listeners close, in-flight requests finish within ``shutdown_timeout``, the socket is removed.
+consumer -> open the listeners (or take over a previous orchd's, see ``orchd.handover``) ->
+READY. On SIGTERM, SIGINT or /control/stop: readiness turns 503, the public listeners close,
+in-flight requests and streams finish within ``shutdown_timeout`` (the control socket answers
+meanwhile, e.g. ``orchctl status``), the socket is removed, exit 0. A second SIGTERM/SIGINT
+cuts what is still in flight. SIGHUP reloads the file, SIGUSR1 reopens log files, SIGUSR2 (or
+``orchctl restart``) restarts orchd with no downtime.
 """
 
 from __future__ import annotations
@@ -20,11 +24,12 @@ from pathlib import Path
 import aiohttp
 from aiohttp import web
 
-from orchd import __version__, systemd
+from orchd import __version__, handover, systemd
 from orchd.accesslog import access_logger_class
 from orchd.api import build_control_app, build_public_app
+from orchd.api.control import RESTART
 from orchd.balancer import RetryBudget
-from orchd.errors import ConfigError, StoreError
+from orchd.errors import ConfigError, ProblemError, StoreError
 from orchd.events import EventBus
 from orchd.health import HealthChecker
 from orchd.loader import validate_endpoint
@@ -38,7 +43,7 @@ from orchd.state import GatewayState
 from orchd.store import Store
 from orchd.store.file import FileStore
 from orchd.target import TargetPool
-from orchd.watcher import ChangeConsumer, Reload, SyncFromStore
+from orchd.watcher import ChangeConsumer, Reload, SyncFromStore, read_config
 
 __all__ = ("Daemon", "StartupError")
 
@@ -89,10 +94,15 @@ class Daemon:
         self.config_path = config_path
         self.stop_event = asyncio.Event()
         self._runners: list[web.BaseRunner] = []
+        self._control_runner: web.BaseRunner | None = None
         self._socket_path: Path | None = None
         self._watcher: ConfigWatcher | None = None
         self._store_task: asyncio.Task[None] | None = None
-        self._force = False
+        self._force = asyncio.Event()  # a second stop signal: stop waiting for requests
+        self._inherited = handover.Inherited()
+        self._restarter: handover.Restarter | None = None
+        self._handed_over: int | None = None  # the successor's pid
+        self._signal_tasks: set[asyncio.Task[None]] = set()
 
     async def run(self) -> int:
         state = await self._build()
@@ -164,11 +174,15 @@ class Daemon:
         )
         proxy = Proxy(state, self._session, RetryBudget())
         self.proxy = proxy
+        state.registry.on_swap.append(
+            lambda snap: proxy.streams.on_swap(snap, state.config.server.shutdown_timeout))
 
         server = state.config.server
         metrics = Metrics(state) if server.metrics else None
         public = build_public_app(state, proxy, metrics)
         control = build_control_app(state, self.stop_event, metrics)
+        self._restarter = handover.Restarter(state, self._listening_fds, self._hand_over)
+        control[RESTART] = self._restarter.restart
         shutdown = server.shutdown_timeout
         # One hook per finished request: the access log line and the request metrics.
         public_runner = web.AppRunner(
@@ -178,7 +192,9 @@ class Daemon:
         )
         await public_runner.setup()
         self._runners.append(public_runner)
-        inherited = systemd.listen_sockets()
+        self._inherited = handover.Inherited.from_environ()
+        inherited = (self._inherited.public_for(self.boot.host, self.boot.port)
+                     or systemd.listen_sockets())
         if inherited:
             for sock in inherited:
                 await web.SockSite(public_runner, sock).start()
@@ -198,14 +214,24 @@ class Daemon:
                                            shutdown_timeout=shutdown, access_log=None)
             await control_runner.setup()
             self._runners.append(control_runner)
-            await self._open_socket(control_runner, Path(self.boot.control_socket))
+            self._control_runner = control_runner
+            taken = self._inherited.control_for(self.boot.control_socket)
+            if taken is not None:
+                await web.SockSite(control_runner, taken).start()
+                self._socket_path = Path(self.boot.control_socket)
+                server_logger.info("control socket %s (taken over)", self._socket_path)
+            else:
+                await self._open_socket(control_runner, Path(self.boot.control_socket))
 
         if self.config_path:
             try:
+                with contextlib.suppress(ConfigError):  # the file's own restart-only keys
+                    digest, from_file = read_config(self.config_path)
+                    state.changes.file_digest = digest
+                    state.changes.file_server = from_file.server
                 watcher = ConfigWatcher(self.config_path, state.changes)
                 watcher.start()
                 self._watcher = watcher
-                state.changes.on_config.append(watcher.mark_loaded)
                 state.watching = True
             except OSError as exc:
                 server_logger.warning("not watching %s: %s", self.config_path, exc)
@@ -214,10 +240,12 @@ class Daemon:
         loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
         loop.add_signal_handler(signal.SIGUSR1, self._on_reopen_signal)
+        loop.add_signal_handler(signal.SIGUSR2, self._on_restart_signal)
         state.started = True
         state.ready = True
         self.state = state
         systemd.notify(f"READY=1\nSTATUS=serving\nMAINPID={os.getpid()}")
+        handover.adopted()
         server_logger.info("orchd %s ready (pid %d, %d endpoints)", __version__, os.getpid(),
                            len(state.registry.snapshot.routes))
 
@@ -253,15 +281,11 @@ class Daemon:
     # -- signals only set a flag or enqueue
 
     def _on_stop_signal(self) -> None:
-        if self.stop_event.is_set():
-            if not self._force:
-                self._force = True
-                server_logger.warning("second stop signal: not waiting for in-flight requests")
-                for task in asyncio.all_tasks():
-                    if task is not asyncio.current_task() and task.get_name() == "orchd-main":
-                        task.cancel()
-            return
-        self.stop_event.set()
+        if not self.stop_event.is_set():
+            self.stop_event.set()
+        elif not self._force.is_set():
+            server_logger.warning("second stop signal: cutting the requests still in flight")
+            self._force.set()
 
     def _on_reload_signal(self) -> None:
         systemd.notify("RELOADING=1")
@@ -272,6 +296,31 @@ class Daemon:
 
     def _notify_ready_after_reload(self) -> None:
         systemd.notify("READY=1")
+
+    def _on_restart_signal(self) -> None:
+        task = asyncio.create_task(self._restart_from_signal(), name="orchd-restart")
+        self._signal_tasks.add(task)
+        task.add_done_callback(self._signal_tasks.discard)
+
+    async def _restart_from_signal(self) -> None:
+        assert self._restarter is not None
+        try:
+            await self._restarter.restart()
+        except ProblemError as exc:
+            server_logger.error("restart (SIGUSR2) failed: %s", exc.detail)
+
+    # -- handover (orchd.handover)
+
+    def _listening_fds(self) -> dict[str, list[int]]:
+        fds: dict[str, list[int]] = {"public": [], "control": []}
+        for runner in self._runners:
+            role = "control" if runner is self._control_runner else "public"
+            fds[role].extend(handover.listening_fds(runner))
+        return fds
+
+    def _hand_over(self, pid: int) -> None:
+        self._handed_over = pid
+        self.stop_event.set()
 
     def _on_reopen_signal(self) -> None:
         for handler in logging.getLogger().handlers:
@@ -284,16 +333,27 @@ class Daemon:
     async def _shutdown(self, state: GatewayState) -> None:
         state.stopping = True
         state.ready = False
-        systemd.notify("STOPPING=1")
-        server_logger.info("stopping: draining in-flight requests (up to %gs)",
-                           state.config.server.shutdown_timeout)
+        timeout = state.config.server.shutdown_timeout
+        if self._handed_over is None:
+            systemd.notify("STOPPING=1")  # not after a handover: the service goes on
+        server_logger.info("stopping: draining in-flight requests (up to %gs)", timeout)
         if self._watcher is not None:
             self._watcher.stop()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGHUP, signal.SIGUSR1):
+        for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
             loop.remove_signal_handler(sig)
-        await asyncio.gather(*(r.cleanup() for r in self._runners), return_exceptions=True)
-        if self._socket_path is not None:
+        # Stop accepting: the public listeners always; the control socket too after a
+        # handover (it is the successor's now), else it answers status calls until the end.
+        control = self._control_runner if self._handed_over is None else None
+        for runner in self._runners:
+            if runner is not control:
+                for site in list(runner.sites):
+                    await site.stop()
+        await asyncio.gather(*(self._drain(r, timeout) for r in self._runners
+                               if r is not control))
+        if control is not None:
+            await self._drain(control, min(timeout, 1.0))
+        if self._socket_path is not None and self._handed_over is None:
             with contextlib.suppress(FileNotFoundError):
                 self._socket_path.unlink()
         if state.changes is not None:
@@ -312,4 +372,27 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._store_task
         await state.store.close()
-        server_logger.info("stopped")
+        if self._handed_over is not None:
+            server_logger.info("stopped; pid %d serves on", self._handed_over)
+        else:
+            server_logger.info("stopped")
+
+    async def _drain(self, runner: web.BaseRunner, timeout: float) -> None:
+        """Close the runner's listeners, let in-flight requests finish within ``timeout``
+        (a second stop signal cuts them at once), then clean the runner up."""
+        # The timeout in force now (it is hot-reloadable); aiohttp reads 0 as "no limit".
+        runner._shutdown_timeout = max(timeout, 0.001)
+        cleanup = asyncio.create_task(runner.cleanup())
+        force = asyncio.create_task(self._force.wait())
+        await asyncio.wait({cleanup, force}, return_when=asyncio.FIRST_COMPLETED)
+        force.cancel()
+        if cleanup.done():
+            await cleanup
+            return
+        server = runner.server
+        cleanup.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cleanup
+        if server is not None:
+            await server.shutdown(0.001)  # cancels the handlers, closes the connections
+        await runner.cleanup()

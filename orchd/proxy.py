@@ -23,6 +23,7 @@ from yarl import URL
 
 from orchd.balancer import RetryBudget, choose
 from orchd.errors import ProblemError
+from orchd.inflight import InFlight
 from orchd.log import proxy_logger
 from orchd.model import IDEMPOTENT_METHODS
 from orchd.router import PREFIX, PathError, Route, map_path
@@ -111,6 +112,7 @@ class Proxy:
         self.upstream = pool or UpstreamPool()  # every other request: see orchd/upstream.py
         self.budget = budget or RetryBudget()
         self.in_flight = 0
+        self.streams = InFlight()  # by endpoint: a reload that removes one cuts them late
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()
@@ -155,14 +157,16 @@ class Proxy:
             raise ProblemError(413, "Request body too large",
                                f"the body is {request.content_length} bytes; "
                                f"the limit is {max_body}", headers=ep_headers)
-        if (request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
-                and method == "GET"):
-            return await self._websocket(request, route, segments, query, rid)
-        self.in_flight += 1
-        try:
-            return await self._forward(request, route, segments, query, rid, started, max_body)
-        finally:
-            self.in_flight -= 1
+        with self.streams.track(route.name, InFlight.cancel_current()):
+            if (request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
+                    and method == "GET"):
+                return await self._websocket(request, route, segments, query, rid)
+            self.in_flight += 1
+            try:
+                return await self._forward(request, route, segments, query, rid, started,
+                                           max_body)
+            finally:
+                self.in_flight -= 1
 
     def _pick(self, route: Route, tried: set[Target]) -> Target:
         target = choose(route, tried)

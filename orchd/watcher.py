@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 from orchd.errors import ConfigError, FieldError, ProblemError, StoreError
-from orchd.loader import load_config, validate_endpoint
+from orchd.loader import parse_config, validate_endpoint
 from orchd.log import config_logger, registry_logger
-from orchd.model import EndpointSpec
+from orchd.model import Config, EndpointSpec, ServerSettings
 from orchd.state import GatewayState
 from orchd.store import AdminRecord, Record, StoreEvent
 from orchd.target import ACTIVE, ADMIN_STATES, DRAINING
@@ -33,6 +36,8 @@ __all__ = (
     "Replace",
     "SetStatus",
     "SyncFromStore",
+    "file_digest",
+    "read_config",
 )
 
 
@@ -100,6 +105,9 @@ class ChangeConsumer:
         self._queue: asyncio.Queue[tuple[Change, asyncio.Future[Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self.on_config: list[Callable[[], Awaitable[None] | None]] = []
+        self.file_digest: str | None = None  # of the config file as the last reload read it
+        self.file_server: ServerSettings | None = None  # its server block, for restart keys
+        self.frozen: str | None = None  # why changes are refused for now (a restart)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="orchd-changes")
@@ -113,31 +121,52 @@ class ChangeConsumer:
 
     async def submit(self, change: Change) -> Any:
         """Queue a change and wait for its result (or its ProblemError)."""
+        if self.frozen is not None:
+            raise ProblemError(503, "Changes paused", f"orchd is {self.frozen}: changes are "
+                               "refused for a moment; retry", headers={"Retry-After": "1"})
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         await self._queue.put((change, fut))
         return await asyncio.shield(fut)
 
     def submit_nowait(self, change: Change) -> None:
         """Queue a change whose result nobody waits for (signals, file events)."""
+        if self.frozen is not None:
+            registry_logger.warning("%s ignored: orchd is %s", type(change).__name__,
+                                    self.frozen)
+            return
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         fut.add_done_callback(lambda f: f.exception() if not f.cancelled() else None)
         self._queue.put_nowait((change, fut))
+
+    async def freeze(self, reason: str) -> None:
+        """Refuse new changes (503) and wait until the queued ones are applied."""
+        self.frozen = reason
+        await self._queue.join()
+
+    def thaw(self) -> None:
+        self.frozen = None
 
     async def _run(self) -> None:
         while True:
             change, fut = await self._queue.get()
             try:
-                result = await self.apply(change)
-            except ProblemError as exc:
-                if not fut.done():
-                    fut.set_exception(exc)
-            except Exception as exc:  # keep the consumer alive whatever a change does
-                registry_logger.exception("change %s failed", type(change).__name__)
-                if not fut.done():
-                    fut.set_exception(ProblemError(500, "Internal error", repr(exc)))
-            else:
-                if not fut.done():
-                    fut.set_result(result)
+                await self._run_one(change, fut)
+            finally:
+                self._queue.task_done()
+
+    async def _run_one(self, change: Change, fut: asyncio.Future[Any]) -> None:
+        try:
+            result = await self.apply(change)
+        except ProblemError as exc:
+            if not fut.done():
+                fut.set_exception(exc)
+        except Exception as exc:  # keep the consumer alive whatever a change does
+            registry_logger.exception("change %s failed", type(change).__name__)
+            if not fut.done():
+                fut.set_exception(ProblemError(500, "Internal error", repr(exc)))
+        else:
+            if not fut.done():
+                fut.set_result(result)
 
     async def apply(self, change: Change) -> Any:
         match change:
@@ -332,18 +361,25 @@ class ChangeConsumer:
     # -- reload
 
     async def reload(self, trigger: str) -> dict[str, Any]:
+        """Read and validate the whole file; apply it only if it is valid; answer the diff.
+
+        API registrations are left alone. Settings that only a restart applies (listen
+        address, socket, state directory) keep their running values and are listed in
+        ``restart_required`` when the file's differ from those the process started with.
+        """
         state = self.state
         status = state.last_reload
         now = time.time()
-        status.count += 1
-        status.at = now
-        status.trigger = trigger
         path = state.config_path
         if path is None:
             raise ProblemError(409, "No configuration file",
                                "orchd was started without a configuration file")
+        status.count += 1
+        status.at = now
+        status.trigger = trigger
         try:
-            config = await asyncio.to_thread(load_config, path)
+            digest, config = await asyncio.to_thread(read_config, path)
+            self.file_digest = digest
             conflicts = [
                 FieldError(f"endpoints[{i}].name",
                            f"{spec.name!r} is registered through the API; remove that "
@@ -365,9 +401,12 @@ class ChangeConsumer:
             return {"ok": False, "error": status.error, "errors": status.errors}
         for warning in config.warnings:
             config_logger.warning("%s: %s", path, warning)
-        started = state.boot_file
-        restart = [f"server.{k}" for k in started.RESTART_KEYS
+        started = self.file_server or state.boot_file
+        running = state.config.server
+        restart = [f"server.{k}" for k in running.RESTART_KEYS
                    if getattr(config.server, k) != getattr(started, k)]
+        kept = {k: getattr(running, k) for k in running.RESTART_KEYS}
+        config = replace(config, server=replace(config.server, **kept))
         diff = state.registry.set_config_endpoints(config.endpoints, config.circuit_breaker)
         state.config = config
         logging.getLogger("orchd").setLevel(config.log_level)
@@ -382,9 +421,36 @@ class ChangeConsumer:
         status.restart_required = restart
         status.last_success_at = now
         if restart:
-            config_logger.warning("%s changed: restart orchd to apply it", ", ".join(restart))
+            config_logger.warning("%s changed in the file: restart orchd to apply it "
+                                  "(orchctl restart)", ", ".join(restart))
         config_logger.info("reload (%s): %d added, %d changed, %d removed", trigger,
                            len(diff.added), len(diff.changed), len(diff.removed))
-        state.bus.publish("reload", ok=True, trigger=trigger, **diff.as_dict())
+        state.bus.publish("reload", ok=True, trigger=trigger, **diff.as_dict(),
+                          restart_required=restart)
         return {"ok": True, **diff.as_dict(), "restart_required": restart,
                 "warnings": list(config.warnings)}
+
+
+def file_digest(path: str | os.PathLike[str]) -> str | None:
+    """SHA-256 of a file's bytes (through symlinks); None when it cannot be read."""
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def read_config(path: str | os.PathLike[str]) -> tuple[str, Config]:
+    """Read the file once, whole: the digest of exactly the bytes that were validated."""
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError([FieldError("", f"cannot read the file: {exc.strerror}")],
+                          str(p)) from None
+    digest = hashlib.sha256(raw).hexdigest()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError([FieldError("", f"the file is not UTF-8 text: {exc.reason}")],
+                          str(p)) from None
+    return digest, parse_config(text, str(p))

@@ -1,0 +1,176 @@
+"""Zero-downtime restart of orchd itself (``orchctl restart``), against a real orchd under a
+bounded client loop: no connection refused, no request failed, and another pid answers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.integration.lifecycle import control
+from tests.support import ROOT, async_wait_until, base_config
+
+
+async def orchctl(daemon: Any, *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "orchctl", "--socket", str(daemon.socket), *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, cwd=str(ROOT))
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.fixture
+def successors():
+    """Pids of successors started by a restart: orchd's children, not ours; killed after."""
+    pids: list[int] = []
+    yield pids
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+
+
+class Load:
+    """A bounded client loop: ``concurrency`` workers, at most ``cap`` requests."""
+
+    def __init__(self, url: str, concurrency: int = 10, cap: int = 20000,
+                 seconds: float = 60.0) -> None:
+        self.url, self.concurrency, self.cap = url, concurrency, cap
+        self.deadline = time.monotonic() + seconds
+        self.ok = 0
+        self.refused = 0
+        self.failed: list[str] = []
+        self.stop = asyncio.Event()
+
+    @property
+    def total(self) -> int:
+        return self.ok + self.refused + len(self.failed)
+
+    async def run(self) -> None:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=20)) as session:
+            await asyncio.gather(*(self._worker(session) for _ in range(self.concurrency)))
+
+    async def _worker(self, session: aiohttp.ClientSession) -> None:
+        while (not self.stop.is_set() and self.total < self.cap
+               and time.monotonic() < self.deadline):
+            try:
+                async with session.get(self.url) as r:
+                    await r.read()
+                    if r.status == 200:
+                        self.ok += 1
+                    else:
+                        self.failed.append(f"HTTP {r.status}")
+            except aiohttp.ClientConnectorError as exc:
+                if isinstance(exc.os_error, ConnectionRefusedError):
+                    self.refused += 1
+                else:
+                    self.failed.append(repr(exc))
+            except aiohttp.ClientError as exc:
+                self.failed.append(repr(exc))
+
+
+async def test_orchctl_restart_under_load(orchd_factory, upstream_factory, http, successors):
+    up = await upstream_factory()
+    daemon = orchd_factory(base_config({"name": "svc", "url": up.url}))
+    async with http.post(f"{daemon.url}/registry/endpoints",
+                         json={"config": {"name": "durable", "url": up.url}}) as r:
+        assert r.status == 201
+    _, info = await control(daemon, "GET", "/control/info")
+    old_pid = info["pid"]
+    assert old_pid == daemon.proc.pid
+
+    load = Load(f"{daemon.url}/orchestrator/svc/ping")
+    runner = asyncio.create_task(load.run())
+    try:
+        async def warmed() -> bool:
+            return load.ok >= 200
+        await async_wait_until(warmed, 30, what="the load to be running")
+
+        code, out, err = await orchctl(daemon, "--json", "restart")
+        assert code == 0, (out, err, daemon.log()[-3000:])
+        answer = json.loads(out)
+        new_pid = answer["pid"]
+        successors.append(new_pid)
+        assert new_pid != old_pid and answer["old_pid"] == old_pid
+
+        # The old process drains and exits 0 while the loop goes on.
+        async def old_gone() -> bool:
+            return daemon.proc.poll() is not None
+        await async_wait_until(old_gone, 30, what="the old orchd to exit")
+        assert daemon.proc.returncode == 0, daemon.log()[-3000:]
+        after = load.ok
+
+        async def served_by_new() -> bool:
+            return load.ok >= after + 200
+        await async_wait_until(served_by_new, 30, what="requests served by the new orchd")
+    finally:
+        load.stop.set()
+        await runner
+
+    assert load.refused == 0, f"{load.refused} connections refused"
+    assert load.failed == [], load.failed[:10]
+    assert load.total >= 400
+
+    # The new process answers on the same socket and port, owns the store (a write works,
+    # the registration made before the restart is there) and has its own pid.
+    _, info = await control(daemon, "GET", "/control/info")
+    assert info["pid"] == new_pid and alive(new_pid)
+    async with http.get(f"{daemon.url}/registry/endpoints/durable") as r:
+        assert r.status == 200
+    async with http.post(f"{daemon.url}/registry/endpoints",
+                         json={"config": {"name": "after", "url": up.url}}) as r:
+        assert r.status == 201, await r.text()
+    async with http.get(f"{daemon.url}/health/ready") as r:
+        assert r.status == 200
+    log = daemon.log()
+    assert f"pid {new_pid} is ready" in log and "taken over" in log
+
+    # It stops like any orchd: socket removed.
+    os.kill(new_pid, signal.SIGTERM)
+
+    async def new_gone() -> bool:
+        return not alive(new_pid)
+    await async_wait_until(new_gone, 30, what="the new orchd to exit")
+    assert not daemon.socket.exists()
+
+
+async def test_restart_onto_an_invalid_file_is_refused(orchd_factory, upstream_factory, http,
+                                                        successors):
+    up = await upstream_factory()
+    daemon = orchd_factory(base_config({"name": "svc", "url": up.url}))
+    daemon.config_path.write_text("endpoints:\n  - name: svc\n    url: htp://nowhere\n")
+    status, problem = await control(daemon, "POST", "/control/restart")
+    assert status == 422, problem
+    assert "endpoints[0].url (line 3)" in problem["detail"]
+    code, out, err = await orchctl(daemon, "restart")
+    assert code == 1 and "line 3" in out + err, (out, err)
+
+    # The running orchd is untouched: same pid, still serving, still writable.
+    _, info = await control(daemon, "GET", "/control/info")
+    assert info["pid"] == daemon.proc.pid
+    async with http.get(f"{daemon.url}/orchestrator/svc/x") as r:
+        assert r.status == 200
+    async with http.post(f"{daemon.url}/registry/endpoints",
+                         json={"config": {"name": "still", "url": up.url}}) as r:
+        assert r.status == 201
