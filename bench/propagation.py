@@ -78,10 +78,12 @@ async def main() -> None:
     parser.add_argument("--members", type=int, default=1, choices=(1, 3))
     args = parser.parse_args()
 
-    etcd = EtcdCluster(args.members).start()
+    etcd = EtcdCluster(args.members)
     daemons: list[Orchd] = []
-    upstream = await Upstream(echo_app()).start()
+    upstream = Upstream(echo_app())
     try:
+        etcd.start()
+        await upstream.start()
         config = etcd_config(etcd.client_urls, prefix="/orchd-bench/")
         for _ in range(2):
             daemon = Orchd(config)
