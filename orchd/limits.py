@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -50,6 +51,8 @@ LINGER = 1.0  # seconds a refused connection stays open after the answer, readin
 _REQUEST_LINE_SLACK = 64  # method, spaces and version around the request target
 
 SettingsFn = Callable[[], ServerSettings]
+# RFC 3986 host (reg-name, IPv4, or IP literal) and an optional port: no userinfo, no path.
+_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]*)?")
 
 
 def _raw_problem(status: int, detail: str) -> bytes:
@@ -157,24 +160,36 @@ class GuardedHandler(RequestHandler):
         before = self._request_count
         super().data_received(data)
         if self._request_count != before:
-            if self._head_too_large(self._request_count - before):
+            new = list(self._messages)[-(self._request_count - before):]
+            refusal = self._refusal(new)
+            if refusal is not None:
                 self._messages.clear()  # none of them is handled
-                self.refuse(431, f"the header section is larger than the limit of "
-                                 f"{limits.max_header_size} bytes")
+                self.refuse(*refusal)
                 return
             self._message_started()
         elif self._awaiting_head and self._head_bytes > limits.max_header_size:
             self.refuse(431, f"the header section is larger than the limit of "
                              f"{limits.max_header_size} bytes")
 
-    def _head_too_large(self, new: int) -> bool:
-        """Whether a header section parsed whole in one read is over the limit."""
+    def _refusal(self, new: list[Any]) -> tuple[int, str] | None:
+        """Why requests parsed whole in one read must be refused, if they must."""
         limit = self._limits.max_header_size
-        for message, _payload in list(self._messages)[-new:]:
-            if isinstance(message, RawRequestMessage) and len(message.path) + sum(
-                    len(k) + len(v) + 4 for k, v in message.raw_headers) > limit:
-                return True
-        return False
+        for message, _payload in new:
+            if not isinstance(message, RawRequestMessage):
+                continue
+            if len(message.path) + sum(len(k) + len(v) + 4
+                                       for k, v in message.raw_headers) > limit:
+                return 431, f"the header section is larger than the limit of {limit} bytes"
+            # An origin server takes origin-form targets only: an absolute-form target
+            # (a forward proxy's) names a host of its own that could disagree with Host.
+            if not message.path.startswith("/") and not (
+                    message.path == "*" and message.method == "OPTIONS"):
+                return 400, ("the request target must be a path (origin-form); "
+                             "absolute-form and authority-form targets are refused")
+            host = message.headers.get("Host")
+            if host is not None and not _HOST_RE.fullmatch(host):
+                return 400, f"the Host header {host[:100]!r} is not a valid host[:port]"
+        return None
 
     def _message_started(self) -> None:
         """A header section was parsed: its body (if any) is on the clock now."""

@@ -72,6 +72,7 @@ class CountingUpstream:
     port: int = 0
     raw: list[bytes] = field(default_factory=list)
     server: asyncio.Server | None = None
+    writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -83,6 +84,7 @@ class CountingUpstream:
         return self
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -107,11 +109,18 @@ class CountingUpstream:
                 ValueError):
             pass
         finally:
+            self.writers.discard(writer)
             writer.close()
 
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+            for writer in list(self.writers):
+                writer.close()
+            for _ in range(100):  # the handlers see EOF and return
+                if not self.writers:
+                    break
+                await asyncio.sleep(0.01)
             await self.server.wait_closed()
 
 
