@@ -72,11 +72,6 @@ async def test_drain_whole_endpoint_then_enable(orchd_factory, upstream_factory,
     assert (await get(http, f"{base}/orchestrator/svc/x"))[0] == 200
     assert backend.hits == 1
 
-
-async def test_drain_unknown_target_or_endpoint(orchd_factory, upstream_factory, http):
-    up = await upstream_factory()
-    daemon = orchd_factory(base_config({"name": "svc", "url": up.url}))
-    base = daemon.url
     status, body = await admin(http, "POST", f"{base}/registry/endpoints/svc/drain",
                                json={"url": "http://127.0.0.1:1"})
     assert status == 404 and body["title"] == "Target not found"

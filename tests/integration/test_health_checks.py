@@ -93,7 +93,8 @@ async def test_check_now(orchd_factory, upstream_factory, http):
     backend = Backend(health_status=503)
     up = await upstream_factory(backend.app())
     daemon = orchd_factory(base_config(  # periodic checks off: only the explicit probe runs
-        {"name": "svc", "url": up.url, "health_check_path": "/health"}))
+        {"name": "svc", "url": up.url, "health_check_path": "/health"},
+        {"name": "dead", "url": f"http://127.0.0.1:{free_port()}"}))
     base = daemon.url
     assert (await health_of(http, base, "svc"))["status"] == "unknown"
     status, body = await admin(http, "POST", f"{base}/health/check/svc")
@@ -109,6 +110,11 @@ async def test_check_now(orchd_factory, upstream_factory, http):
     assert body["status"] == "healthy"
     status, body = await admin(http, "POST", f"{base}/health/check/missing")
     assert status == 404
+
+    status, body = await admin(http, "POST", f"{base}/health/check/dead")
+    assert status == 200
+    assert body["targets"][0]["error_message"] == "connect error: Connection refused"
+    assert body["targets"][0]["health"] == "unknown"  # one failure is below the fall threshold
 
 
 async def test_settings_apply_on_reload(orchd_factory, upstream_factory, http):
@@ -175,11 +181,3 @@ async def test_state_kept_for_unchanged_targets_across_reload(orchd_factory, ups
     fresh = await breaker_of(http, base, "moved")
     assert fresh["state"] == "closed" and fresh["targets"][0]["url"] == f"{up.url}/new"
 
-
-async def test_check_now_names_a_refused_connection(orchd_factory, http):
-    dead = f"http://127.0.0.1:{free_port()}"
-    daemon = orchd_factory(base_config({"name": "svc", "url": dead}))
-    status, body = await admin(http, "POST", f"{daemon.url}/health/check/svc")
-    assert status == 200
-    assert body["targets"][0]["error_message"] == "connect error: Connection refused"
-    assert body["targets"][0]["health"] == "unknown"  # one failure is below the fall threshold
