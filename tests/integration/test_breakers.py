@@ -24,7 +24,7 @@ KINDS: dict[str, tuple[int | str, str]] = {
 
 
 def endpoint(url: str, **breaker: Any) -> dict[str, Any]:
-    settings = {"failure_threshold": THRESHOLD, "reset_timeout": 1.5,
+    settings = {"failure_threshold": THRESHOLD, "reset_timeout": 2,
                 "half_open_max_calls": HALF_OPEN_MAX, **breaker}
     return {"name": "svc", "url": f"{url}/api", "timeout": 1, "retries": 0,
             "circuit_breaker": settings}
