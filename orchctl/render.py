@@ -233,14 +233,21 @@ def to_plain(view: View) -> str:
     return "\n".join(_plain_grid(p) if isinstance(p, Grid) else p for p in view.parts)
 
 
+_LONG_COLUMNS = frozenset({"TARGET", "URLS", "VALUE", "LAST FAILURE"})
+
+
 def _cell(value: str) -> Text:
     return Text(value, style=STYLES.get(value, ""))
 
 
 def _rich_grid(grid: Grid) -> Table:
-    table = Table(title=grid.title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
-    for name in grid.columns:  # a narrow terminal wraps long URLs instead of cutting them
-        table.add_column(name, overflow="fold")
+    table = Table(title=grid.title, box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False,
+                  padding=(0, 1, 0, 0))
+    for name in grid.columns:
+        # Short state words never break; on a narrow terminal long values (URLs) fold.
+        long_value = name in _LONG_COLUMNS
+        table.add_column(name, overflow="fold" if long_value else "ellipsis",
+                         no_wrap=not long_value)
     for row in grid.rows:
         table.add_row(*(_cell(c) for c in row))
     return table
