@@ -222,25 +222,28 @@ async def assert_problem(resp: aiohttp.ClientResponse, status: int) -> dict[str,
 
 
 async def raw_http(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
-    """Send bytes exactly as given (no client normalisation) and read the whole answer."""
+    """Send bytes exactly as given (no client normalisation) and read one answer."""
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         writer.write(request)
         await writer.drain()
         async with asyncio.timeout(15):
-            data = await reader.read()
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode("latin-1").split("\r\n")
+            headers = {}
+            for line in lines[1:]:
+                k, _, v = line.partition(":")
+                if k:
+                    headers[k.strip().lower()] = v.strip()
+            if "content-length" in headers:
+                body = await reader.readexactly(int(headers["content-length"]))
+            else:
+                body = await reader.read()
     finally:
         writer.close()
         with contextlib.suppress(ConnectionError):
             await writer.wait_closed()
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        headers[k.strip().lower()] = v.strip()
-    return status, headers, body
+    return int(lines[0].split()[1]), headers, body
 
 
 # ------------------------------------------------------------------ paths and queries
