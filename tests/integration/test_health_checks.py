@@ -181,3 +181,26 @@ async def test_state_kept_for_unchanged_targets_across_reload(orchd_factory, ups
     fresh = await breaker_of(http, base, "moved")
     assert fresh["state"] == "closed" and fresh["targets"][0]["url"] == f"{up.url}/new"
 
+
+
+async def test_probes_stop_when_a_target_goes_away(orchd_factory, upstream_factory, http):
+    kept, gone = Backend(name="kept"), Backend(name="gone")
+    uk, ug = await upstream_factory(kept.app()), await upstream_factory(gone.app())
+    keep = {"name": "keep", "url": uk.url, "health_check_path": "/health"}
+    daemon = orchd_factory(base_config(
+        keep, {"name": "drop", "urls": [ug.url, f"{uk.url}/b"], "health_check_path": "/health"},
+        health_check=FAST))
+    base = daemon.url
+    await until(lambda: len(gone.probes) >= 2, what="probes of the target to be removed")
+
+    daemon.write_config(base_config(keep, health_check=FAST))
+    status, body = await admin(http, "POST", f"{base}/config/reload")
+    assert status == 200 and body["removed"] == ["drop"], body
+    _, root = await admin(http, "GET", f"{base}/health")
+    assert root["health_monitoring"]["probing_targets"] == 1
+    after_reload = len(gone.probes)
+    seen = len(kept.probes)
+    # five more rounds on the kept target; the removed one is not probed again (one probe
+    # may have been under way when the reload landed)
+    await until(lambda: len(kept.probes) >= seen + 5, what="five more probes of the kept target")
+    assert len(gone.probes) <= after_reload + 1
