@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -117,6 +118,25 @@ def test_legacy_keys_accepted_with_warning(tmp_path: Path) -> None:
     assert "endpoints[0].description (line 4): is ignored" in proc.stderr
     assert "circuit_breaker.fallback_strategy (line 7)" in proc.stderr
     assert "metrics (line 8)" in proc.stderr
+
+
+def test_legacy_keys_warned_at_start(orchd_factory: Callable[..., Orchd]) -> None:
+    text = textwrap.dedent("""
+        health_check: {enabled: false}
+        endpoints:
+          - name: a
+            url: http://127.0.0.1:9001
+            description: user service
+        circuit_breaker:
+          fallback_strategy: cached
+        metrics:
+          enabled: true
+    """).lstrip("\n")
+    gw = orchd_factory(text)
+    log = gw.log()
+    assert "endpoints[0].description (line 5): is ignored" in log
+    assert "circuit_breaker.fallback_strategy (line 7): is ignored" in log
+    assert "metrics (line 8): is ignored" in log
 
 
 def test_original_config_file_loads(tmp_path: Path) -> None:
