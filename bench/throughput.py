@@ -35,6 +35,7 @@ PY = ROOT / ".venv" / "bin" / "python"
 PROXY_CPU, LOAD_CPU = 0, 1
 SIZES = {"small": 100, "big": 64 * 1024}
 SIZE_LABEL = {"small": "~100 B", "big": "64 KiB"}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -56,6 +57,22 @@ class Proc:
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of this process and its children (nginx's worker)."""
+        ticks = 0
+        todo = [self.pid]
+        while todo:
+            pid = todo.pop()
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
+                kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(")") + 2:].split()
+            ticks += int(fields[11]) + int(fields[12])
+            todo.extend(int(k) for k in kids)
+        return ticks / CLK_TCK
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -81,6 +98,8 @@ class Result:
     p99_us: float
     errors: int
     non2xx: int
+    requests: int = 0
+    cpu_us: float | None = None  # the proxy's CPU time (all its processes) per request
 
 
 @dataclass
@@ -235,6 +254,15 @@ http://127.0.0.1:{port} {{
         self.wait_http(proc, f"http://127.0.0.1:{port}/health")
         return Row("bare aiohttp+uvloop proxy", port, "/", proc)
 
+    def start_ceiling(self, kind: str) -> Row:
+        port = free_port()
+        proc = self.spawn(f"ceiling-{kind}", PROXY_CPU,
+                          [str(PY), str(ROOT / "bench" / "ceiling.py"), kind, str(port)])
+        self.wait_http(proc, f"http://127.0.0.1:{port}/health")
+        label = {"aiohttp": "ceiling: aiohttp app, constant answer, no proxying",
+                 "llhttp": "ceiling: asyncio protocol + llhttp, constant answer"}[kind]
+        return Row(label, port, "/", proc)
+
     def start_orchd(self, backend: int, name: str, access_log: bool) -> Row:
         port = free_port()
         d = self.tmp / name
@@ -265,11 +293,15 @@ circuit_breaker:
 
     # -- load
 
-    def wrk(self, url: str, seconds: float, connections: int) -> Result:
+    def wrk(self, url: str, seconds: float, connections: int, proc: Proc | None = None) -> Result:
         argv = self.taskset(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s",
                                        "--latency", "--timeout", "5s", url])
+        before = proc.cpu_seconds() if proc is not None else 0.0
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
-        return parse_wrk(out)
+        res = parse_wrk(out)
+        if proc is not None and res.requests:
+            res.cpu_us = (proc.cpu_seconds() - before) * 1e6 / res.requests
+        return res
 
     def check(self, row: Row) -> None:
         for name, size in SIZES.items():
@@ -304,20 +336,29 @@ def parse_wrk(out: str) -> Result:
         errors = sum(int(g) for g in m.groups())
     m = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     non2xx = int(m.group(1)) if m else 0
-    return Result(rps, p50, p99, errors, non2xx)
+    m = re.search(r"(\d+) requests in", out)
+    return Result(rps, p50, p99, errors, non2xx, int(m.group(1)) if m else 0)
 
 
 def fmt_us(us: float) -> str:
     return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
 
 
+def _cpu(res: list[Result]) -> float | None:
+    values = [r.cpu_us for r in res if r.cpu_us is not None]
+    return statistics.median(values) if values else None
+
+
 def table(rows: list[Row], nginx: Row, caddy: Row) -> Iterator[str]:
+    """Throughput ratios as measured, and CPU per request: on a shared machine a proxy may
+    get less than its whole core, and CPU time per request does not depend on that."""
     yield ("| proxy (1 core) | body | req/s | p50 | p99 | errors / non-2xx "
-           "| ratio to nginx | ratio to Caddy |")
-    yield "|---|---|---:|---:|---:|---:|---:|---:|"
+           "| ratio to nginx | ratio to Caddy | CPU µs/req | CPU ratio to Caddy |")
+    yield "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
     for size in SIZES:
         ref_n = statistics.median(r.rps for r in nginx.results[size])
         ref_c = statistics.median(r.rps for r in caddy.results[size])
+        cpu_c = _cpu(caddy.results[size])
         for row in rows:
             res = row.results[size]
             rps = statistics.median(r.rps for r in res)
@@ -325,8 +366,15 @@ def table(rows: list[Row], nginx: Row, caddy: Row) -> Iterator[str]:
             p99 = statistics.median(r.p99_us for r in res)
             err = sum(r.errors for r in res)
             bad = sum(r.non2xx for r in res)
+            cpu = _cpu(res)
+            cpu_cells = "| - | - |"
+            if cpu is not None:
+                # > 1 means this row spends less CPU per request than Caddy
+                rel = f"{cpu_c / cpu:.2f}" if cpu_c else "-"
+                cpu_cells = f"| {cpu:.0f} | {rel} |"
             yield (f"| {row.label} | {SIZE_LABEL[size]} | {rps:,.0f} | {fmt_us(p50)} "
-                   f"| {fmt_us(p99)} | {err} / {bad} | {rps / ref_n:.2f} | {rps / ref_c:.2f} |")
+                   f"| {fmt_us(p99)} | {err} / {bad} | {rps / ref_n:.2f} | {rps / ref_c:.2f} "
+                   + cpu_cells)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -341,6 +389,8 @@ def run(args: argparse.Namespace) -> int:
         orchd = bench.start_orchd(backend, "orchd", access_log=True)
         quiet = bench.start_orchd(backend, "orchd-nolog", access_log=False)
         rows = [direct, nginx, caddy, bare, orchd, quiet]
+        if args.ceiling:
+            rows += [bench.start_ceiling("aiohttp"), bench.start_ceiling("llhttp")]
         for row in rows:
             bench.check(row)
             for size in SIZES:  # warm up: connections, caches, the first allocations
@@ -350,7 +400,7 @@ def run(args: argparse.Namespace) -> int:
             for size in SIZES:
                 for row in order:
                     url = f"http://127.0.0.1:{row.port}{row.prefix}{size}"
-                    res = bench.wrk(url, args.duration, args.connections)
+                    res = bench.wrk(url, args.duration, args.connections, row.proc)
                     row.results.setdefault(size, []).append(res)
             for row in (orchd, quiet):
                 assert row.proc is not None
@@ -398,6 +448,9 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
     p.add_argument("--connections", type=int, default=64)
+    p.add_argument("--ceiling", action="store_true",
+                   help="add two rows that answer a constant body without proxying: an "
+                        "aiohttp app and a bare asyncio protocol with llhttp")
     args = p.parse_args()
     if args.quick:
         args.rounds, args.duration = 1, 2

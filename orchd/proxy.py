@@ -272,13 +272,12 @@ class Proxy:
         upstream: UpstreamResponse | None = None
         try:
             try:
-                async with asyncio.timeout(route.spec.timeout):
-                    upstream = await self.upstream.request(
-                        self.upstream.origin_for(target.url), method, url, headers,
-                        self._body(request, max_body) if has_body else None,
-                        request.content_length if has_body else None,
-                        connect_timeout,
-                    )
+                upstream = await self.upstream.request(
+                    self.upstream.origin_for(target.url), method, url, headers,
+                    self._body(request, max_body) if has_body else None,
+                    request.content_length if has_body else None,
+                    connect_timeout, timeout=route.spec.timeout,
+                )
             except BodyTooLarge:
                 breaker.release()
                 reported = True
@@ -328,7 +327,9 @@ class Proxy:
                 request["upstream_error"] = "5xx"
                 reported = True
             elapsed = time.perf_counter() - started
-            resp = web.StreamResponse(status=status, reason=upstream.reason)
+            # A whole answer already read (most small ones) leaves in one write, head and body.
+            resp = (_OneWriteResponse if upstream.complete else web.StreamResponse)(
+                status=status, reason=upstream.reason)
             out = resp.headers
             drop: frozenset[str] | set[str] = _RESPONSE_DROP
             length: str | None = None
@@ -458,6 +459,12 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
         seen.add(id(cur))
         cur = cur.__cause__ or cur.__context__
     return False
+
+
+class _OneWriteResponse(web.StreamResponse):
+    """Holds the head back until the first body bytes, so both go in one write."""
+
+    _send_headers_immediately = False
 
 
 def _abort(request: web.Request) -> None:

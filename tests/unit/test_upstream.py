@@ -300,3 +300,17 @@ def test_the_same_on_uvloop() -> None:
             await echo.stop()
 
     uvloop.run(scenarios())
+
+
+async def test_no_head_before_the_deadline_is_a_timeout(pool: UpstreamPool) -> None:
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        await reader.read()
+
+    async with raw_server(silent) as port:
+        origin = pool.origin("http", "127.0.0.1", port)
+        with pytest.raises(TimeoutError):
+            await pool.request(origin, "GET", "/", [], None, None, 5.0, timeout=0.2)
+        with pytest.raises(TimeoutError):
+            await pool.request(origin, "POST", "/", [], _gen([b"x"] * 3), 3, 5.0, timeout=0.2)
+    assert pool.idle_count() == 0
