@@ -412,3 +412,14 @@ def test_stop_waits_for_a_graceful_exit(cli: Cli) -> None:
         assert not d.socket.exists()
     finally:
         d.cleanup()
+
+
+def test_shell_completion_offers_commands_and_live_endpoint_names(daemon: Orchd) -> None:
+    def complete(words: str, cword: int) -> list[str]:
+        proc = orchctl(env={"_ORCHCTL_COMPLETE": "complete_bash", "COMP_WORDS": words,
+                            "COMP_CWORD": str(cword), "ORCHCTL_SOCKET": str(daemon.socket)})
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.split()
+
+    assert complete("orchctl end", 1) == ["endpoints"]
+    assert complete("orchctl breakers trip ec", 3) == ["echo"]
