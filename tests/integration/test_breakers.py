@@ -156,28 +156,36 @@ async def test_4xx_is_not_a_failure(orchd_factory, upstream_factory, http):
     assert len(up.requests) == 4
 
 
-@pytest.mark.parametrize(("body", "content_type", "expected"), [
-    ("service is resting, try later", "text/plain", b"service is resting, try later"),
-    ({"items": [], "degraded": True}, "application/json", {"items": [], "degraded": True}),
-])
-async def test_fallback_response_while_open(body, content_type, expected, orchd_factory,
-                                            upstream_factory, http):
+FALLBACKS = {  # endpoint -> (configured body, Content-Type served, body served)
+    "text": ("service is resting, try later", "text/plain", b"service is resting, try later"),
+    "json": ({"items": [], "degraded": True}, "application/json",
+             {"items": [], "degraded": True}),
+}
+
+
+async def test_fallback_response_while_open(orchd_factory, upstream_factory, http):
     backend = Backend(mode="500")
     up = await upstream_factory(backend.app())
-    fallback = {"status": 200, "headers": {"X-Degraded": "yes"}, "body": body}
-    daemon = orchd_factory(base_config(endpoint(up.url, failure_threshold=2, reset_timeout=60,
-                                                fallback_response=fallback)))
-    gw = f"{daemon.url}/orchestrator/svc/list"
-    for _ in range(2):
-        assert (await get(http, gw))[0] == 500
-    for _ in range(3):
-        status, headers, raw = await get(http, gw)
-        assert status == 200
-        assert headers["Content-Type"].startswith(content_type)
-        assert headers["X-Degraded"] == "yes"
-        assert int(headers["Retry-After"]) >= 1
-        assert (raw if isinstance(expected, bytes) else json.loads(raw)) == expected
-    assert backend.hits == 2
+    endpoints = []
+    for name, (body, _, _) in FALLBACKS.items():
+        fallback = {"status": 200, "headers": {"X-Degraded": "yes"}, "body": body}
+        endpoints.append({**endpoint(up.url, failure_threshold=2, reset_timeout=60,
+                                     fallback_response=fallback), "name": name})
+    daemon = orchd_factory(base_config(*endpoints))
+    for name, (_, content_type, expected) in FALLBACKS.items():
+        gw = f"{daemon.url}/orchestrator/{name}/list"
+        before = backend.hits
+        for _ in range(2):
+            assert (await get(http, gw))[0] == 500
+        for _ in range(3):
+            status, headers, raw = await get(http, gw)
+            assert status == 200
+            assert headers["Content-Type"].startswith(content_type)
+            assert headers["X-Degraded"] == "yes"
+            assert headers["X-Fallback-Response"] == "circuit_breaker_open"
+            assert int(headers["Retry-After"]) >= 1
+            assert (raw if isinstance(expected, bytes) else json.loads(raw)) == expected
+        assert backend.hits - before == 2
 
 
 async def test_trip_stays_forced_open_until_reset(orchd_factory, upstream_factory, http):

@@ -53,10 +53,11 @@ async def test_drained_target_finishes_in_flight_and_gets_nothing_new(orchd_fact
         assert a.traffic.count("/again") == 2
 
 
-async def test_drain_whole_endpoint_then_enable(orchd_factory, upstream_factory, http):
-    backend = Backend()
-    up = await upstream_factory(backend.app())
-    daemon = orchd_factory(base_config({"name": "svc", "url": up.url}))
+async def test_drain_whole_endpoint_enable_and_disable(orchd_factory, upstream_factory, http):
+    backend, other = Backend(), Backend(name="other")
+    up, uo = await upstream_factory(backend.app()), await upstream_factory(other.app())
+    daemon = orchd_factory(base_config({"name": "svc", "url": up.url},
+                                       {"name": "off", "url": uo.url}))
     base = daemon.url
     status, body = await admin(http, "POST", f"{base}/registry/endpoints/svc/drain")
     assert status == 200, body
@@ -77,6 +78,26 @@ async def test_drain_whole_endpoint_then_enable(orchd_factory, upstream_factory,
     assert status == 404 and body["title"] == "Target not found"
     status, body = await admin(http, "POST", f"{base}/registry/endpoints/nope/drain")
     assert status == 404
+
+    # PUT status disabled: 503 at once, nothing forwarded, until set active again
+    status, body = await admin(http, "PUT", f"{base}/registry/endpoints/off/status",
+                               json={"status": "disabled"})
+    assert status == 200, body
+    status, headers, raw = await get(http, f"{base}/orchestrator/off/x")
+    assert status == 503
+    assert headers["Content-Type"].startswith("application/problem+json")
+    assert "Retry-After" in headers
+    assert json.loads(raw)["title"] == "Endpoint disabled"
+    assert other.hits == 0
+    _, listed = await admin(http, "GET", f"{base}/registry/endpoints/off")
+    assert listed["status"] == "disabled" and listed["disabled"] is True
+    status, body = await admin(http, "PUT", f"{base}/registry/endpoints/off/status",
+                               params={"status": "active"})
+    assert status == 200, body
+    assert (await get(http, f"{base}/orchestrator/off/x"))[0] == 200
+    status, body = await admin(http, "PUT", f"{base}/registry/endpoints/off/status",
+                               json={"status": "sleeping"})
+    assert status == 422
 
 
 async def test_health_check_never_overwrites_admin_state(orchd_factory, upstream_factory,
@@ -120,28 +141,3 @@ async def test_drain_survives_restart(orchd_factory, upstream_factory, http):
     for _ in range(4):
         assert (await get(http, f"{daemon.url}/orchestrator/svc/x"))[0] == 200
     assert a.hits == 0 and b.hits == 4
-
-
-async def test_disabled_endpoint_answers_503(orchd_factory, upstream_factory, http):
-    backend = Backend()
-    up = await upstream_factory(backend.app())
-    daemon = orchd_factory(base_config({"name": "svc", "url": up.url}))
-    base = daemon.url
-    status, body = await admin(http, "PUT", f"{base}/registry/endpoints/svc/status",
-                               json={"status": "disabled"})
-    assert status == 200, body
-    status, headers, raw = await get(http, f"{base}/orchestrator/svc/x")
-    assert status == 503
-    assert headers["Content-Type"].startswith("application/problem+json")
-    assert "Retry-After" in headers
-    assert json.loads(raw)["title"] == "Endpoint disabled"
-    assert backend.hits == 0
-    _, listed = await admin(http, "GET", f"{base}/registry/endpoints/svc")
-    assert listed["status"] == "disabled" and listed["disabled"] is True
-    status, body = await admin(http, "PUT", f"{base}/registry/endpoints/svc/status",
-                               params={"status": "active"})
-    assert status == 200, body
-    assert (await get(http, f"{base}/orchestrator/svc/x"))[0] == 200
-    status, body = await admin(http, "PUT", f"{base}/registry/endpoints/svc/status",
-                               json={"status": "sleeping"})
-    assert status == 422
