@@ -73,6 +73,11 @@ bench-deps:
 bench: $(STAMP) bench-deps
 	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
 
+## bench-reload: ~1,000 req/s for 60 s while the config is rewritten 30 times, 10 SIGHUPs and
+##               3 orchctl restarts: requests, non-2xx, socket errors, p99 during vs without
+bench-reload: $(STAMP)
+	$(BIN)/python bench/reload/run.py $(RELOAD_ARGS)
+
 ## bench-propagation: time from a registration's 201 on one orchd to its first routed request on another (shared etcd)
 bench-propagation: $(STAMP) sysdeps
 	$(BIN)/python bench/propagation.py --count 200

@@ -19,7 +19,10 @@ import os
 import signal
 import socket
 import stat
+import time
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -225,9 +228,9 @@ class Daemon:
 
         if self.config_path:
             try:
-                with contextlib.suppress(ConfigError):  # the file's own restart-only keys
-                    digest, from_file = read_config(self.config_path)
-                    state.changes.file_digest = digest
+                digest, from_file = read_config(self.config_path)
+                state.changes.file_digest = digest
+                if isinstance(from_file, Config):  # the file's own restart-only keys
                     state.changes.file_server = from_file.server
                 watcher = ConfigWatcher(self.config_path, state.changes)
                 watcher.start()
@@ -253,10 +256,6 @@ class Daemon:
         parent = path.parent
         if not parent.exists():
             parent.mkdir(parents=True, mode=0o750)
-        elif parent.stat().st_mode & 0o007:
-            server_logger.warning("the control socket's directory %s is open to others (mode "
-                                  "%03o): make it 0750 so only orchd's group reaches the socket",
-                                  parent, stat.S_IMODE(parent.stat().st_mode))
         _check_socket_path(path)
         old_umask = os.umask(0o117)
         try:
@@ -292,17 +291,27 @@ class Daemon:
             self._force.set()
 
     def _on_reload_signal(self) -> None:
-        systemd.notify("RELOADING=1")
+        self._spawn(self._reload_from_signal(), "orchd-sighup")
+
+    async def _reload_from_signal(self) -> None:
+        """RELOADING=1, the reload through the change consumer, then READY=1 once it is
+        applied (or refused): what systemd's Type=notify(-reload) waits for."""
         changes = self.state.changes
         assert changes is not None
-        changes.submit_nowait(Reload("SIGHUP"))
-        asyncio.get_running_loop().call_later(0.05, self._notify_ready_after_reload)
-
-    def _notify_ready_after_reload(self) -> None:
-        systemd.notify("READY=1")
+        systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
+        try:
+            result = await changes.submit(Reload("SIGHUP"))
+        except ProblemError as exc:
+            status = f"reload refused: {exc.detail}"
+        else:
+            status = "serving" if result.get("ok") else f"reload failed: {result.get('error')}"
+        systemd.notify(f"READY=1\nSTATUS={status}")
 
     def _on_restart_signal(self) -> None:
-        task = asyncio.create_task(self._restart_from_signal(), name="orchd-restart")
+        self._spawn(self._restart_from_signal(), "orchd-restart")
+
+    def _spawn(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(work, name=name)
         self._signal_tasks.add(task)
         task.add_done_callback(self._signal_tasks.discard)
 

@@ -211,12 +211,11 @@ class Restarter:
         changes = state.changes
         assert changes is not None
         if state.config_path is not None:
-            try:
-                await asyncio.to_thread(read_config, state.config_path)
-            except ConfigError as exc:
+            _, loaded = await asyncio.to_thread(read_config, state.config_path)
+            if isinstance(loaded, ConfigError):
                 raise ProblemError(422, "Invalid configuration",
-                                   f"not restarting: {exc.summary()}", errors=exc.errors,
-                                   extra={"ok": False}) from None
+                                   f"not restarting: {loaded.summary()}", errors=loaded.errors,
+                                   extra={"ok": False})
         started = time.monotonic()
         server_logger.info("restart: pausing registry writes and handing over")
         await changes.freeze("restarting")

@@ -378,8 +378,11 @@ class ChangeConsumer:
         status.at = now
         status.trigger = trigger
         try:
-            digest, config = await asyncio.to_thread(read_config, path)
-            self.file_digest = digest
+            digest, loaded = await asyncio.to_thread(read_config, path)
+            self.file_digest = digest  # even when invalid: the watcher skips what was read
+            if isinstance(loaded, ConfigError):
+                raise loaded
+            config = loaded
             conflicts = [
                 FieldError(f"endpoints[{i}].name",
                            f"{spec.name!r} is registered through the API; remove that "
@@ -439,18 +442,22 @@ def file_digest(path: str | os.PathLike[str]) -> str | None:
         return None
 
 
-def read_config(path: str | os.PathLike[str]) -> tuple[str, Config]:
-    """Read the file once, whole: the digest of exactly the bytes that were validated."""
+def read_config(path: str | os.PathLike[str]) -> tuple[str | None, Config | ConfigError]:
+    """Read the file once, whole, and validate it: the digest of exactly the bytes read
+    (None when unreadable) and the config, or the error that says why it is invalid."""
     p = Path(path)
     try:
         raw = p.read_bytes()
     except OSError as exc:
-        raise ConfigError([FieldError("", f"cannot read the file: {exc.strerror}")],
-                          str(p)) from None
+        return None, ConfigError([FieldError("", f"cannot read the file: {exc.strerror}")],
+                                 str(p))
     digest = hashlib.sha256(raw).hexdigest()
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError([FieldError("", f"the file is not UTF-8 text: {exc.reason}")],
-                          str(p)) from None
-    return digest, parse_config(text, str(p))
+        return digest, ConfigError(
+            [FieldError("", f"the file is not UTF-8 text: {exc.reason}")], str(p))
+    try:
+        return digest, parse_config(text, str(p))
+    except ConfigError as exc:
+        return digest, exc

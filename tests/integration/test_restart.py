@@ -8,6 +8,8 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import struct
 import sys
 import time
 from pathlib import Path
@@ -174,3 +176,60 @@ async def test_restart_onto_an_invalid_file_is_refused(orchd_factory, upstream_f
     async with http.post(f"{daemon.url}/registry/endpoints",
                          json={"config": {"name": "still", "url": up.url}}) as r:
         assert r.status == 201
+
+
+class ServiceManager:
+    """systemd's end of sd_notify: collects (sender pid, message) pairs."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK)
+        self.sock.bind(str(path))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.messages: list[tuple[int, str]] = []
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                data, anc, _, _ = self.sock.recvmsg(4096, socket.CMSG_SPACE(12))
+            except BlockingIOError:
+                return
+            pid = next(struct.unpack("3i", d[:12])[0] for level, kind, d in anc
+                       if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS)
+            self.messages.extend((pid, line) for line in data.decode().splitlines())
+
+    async def wait_for(self, pid: int, line: str) -> None:
+        async def received() -> bool:
+            self._drain()
+            return (pid, line) in self.messages
+        await async_wait_until(received, 30, what=f"{line} from pid {pid}")
+
+
+async def test_the_successor_becomes_the_services_main_process(orchd_factory, successors,
+                                                               http):
+    daemon = orchd_factory(base_config(), start=False)
+    manager = ServiceManager(daemon.dir / "notify.sock")
+    daemon.env["NOTIFY_SOCKET"] = str(manager.path)
+    try:
+        daemon.start()
+        old = daemon.proc.pid
+        await manager.wait_for(old, "READY=1")
+
+        status, answer = await control(daemon, "POST", "/control/restart")
+        assert status == 200, answer
+        new = answer["pid"]
+        successors.append(new)
+        # The old main process hands the service over; the successor's own READY went to
+        # the old process, and its later notifications come to the service manager.
+        await manager.wait_for(old, f"MAINPID={new}")
+        os.kill(new, signal.SIGHUP)
+        await manager.wait_for(new, "RELOADING=1")
+        await manager.wait_for(new, "READY=1")
+        assert daemon.proc.wait(30) == 0
+        assert (old, "STOPPING=1") not in manager.messages, "the old process said STOPPING"
+        async with http.get(f"{daemon.url}/health/ready") as r:
+            assert r.status == 200
+        os.kill(new, signal.SIGTERM)
+        await manager.wait_for(new, "STOPPING=1")
+    finally:
+        manager.sock.close()
