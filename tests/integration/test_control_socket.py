@@ -124,5 +124,6 @@ def test_control_routes_are_not_on_tcp(orchd_factory) -> None:
     req = urllib.request.Request(f"{daemon.url}/control/stop", method="POST", data=b"")
     with pytest.raises(urllib.error.HTTPError) as caught:
         urllib.request.urlopen(req, timeout=5)
+    caught.value.close()
     assert caught.value.code in (404, 405)
     assert daemon.proc is not None and daemon.proc.poll() is None
