@@ -16,7 +16,8 @@ from orchctl.commands import register_all
 from orchctl.render import problem_lines
 from orchctl.session import CommandFailed, Session
 
-__all__ = ("EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "EXIT_USAGE", "app", "main")
+__all__ = ("EXIT_OK", "EXIT_REFUSED", "EXIT_UNREACHABLE", "EXIT_USAGE", "app",
+           "hoist_global_options", "main")
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
@@ -64,10 +65,35 @@ def root(
 register_all(app)
 
 
+def hoist_global_options(argv: Sequence[str]) -> list[str]:
+    """Let ``--json`` and ``--socket PATH`` follow the command too (``orchctl endpoints list
+    --json``, as ``kubectl get -o json`` allows): move them in front of it. Nothing after
+    ``--`` is touched."""
+    front: list[str] = []
+    rest: list[str] = []
+    args = list(argv)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            rest += args[i:]
+            break
+        if arg == "--json" or arg.startswith("--socket="):
+            front.append(arg)
+        elif arg == "--socket" and i + 1 < len(args):
+            front += args[i:i + 2]
+            i += 1
+        else:
+            rest.append(arg)
+        i += 1
+    return front + rest
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     err = Console(stderr=True, highlight=False, soft_wrap=True)
+    args = hoist_global_options(sys.argv[1:] if argv is None else argv)
     try:
-        app(args=list(argv) if argv is not None else None, prog_name="orchctl")
+        app(args=args, prog_name="orchctl")
     except SystemExit as exc:
         code = exc.code
         return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_USAGE)

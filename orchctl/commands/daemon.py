@@ -137,12 +137,13 @@ def start(
         sys.stdout.flush()
         os.execve(sys.executable, cmd, _child_env())
     log_path = log_file or Path(socket_path).parent / "orchd.log"
-    with contextlib.suppress(FileExistsError):
-        Path(socket_path).parent.mkdir(parents=True, mode=0o750)
     try:
+        with contextlib.suppress(FileExistsError):
+            Path(socket_path).parent.mkdir(parents=True, mode=0o750)
         log = open(log_path, "ab")  # noqa: SIM115 - handed to the child, closed below
     except OSError as exc:
-        raise CommandFailed(f"cannot open the log file {log_path}: {exc.strerror}") from None
+        raise CommandFailed(f"cannot open the log file {log_path}: {exc.strerror} "
+                            "(use --log-file, or run as orchd's user)") from None
     with log:
         proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, env=_child_env(),

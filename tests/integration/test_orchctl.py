@@ -193,6 +193,9 @@ def test_endpoints_lifecycle(cli: Cli, daemon: Orchd) -> None:
     assert entry["timeout"] == 7.5
     assert doc["total_count"] >= 2
 
+    after = as_json(ok(cli("endpoints", "list", "--json", "--socket", str(s))))
+    assert after["endpoints"] == doc["endpoints"] or after["total_count"] == doc["total_count"]
+
     shown = ok(cli("endpoints", "show", "billing", sock=s)).stdout
     assert "timeout" in shown and "7.5" in shown and "http://127.0.0.1:9/v2" in shown
     assert as_json(ok(cli("--json", "endpoints", "show", "billing", sock=s)))["source"] == "api"
