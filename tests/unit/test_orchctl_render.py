@@ -1,0 +1,70 @@
+"""orchctl's pure rendering: API documents -> plain text (pipes) and Rich tables (terminals)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+
+from orchctl.main import hoist_global_options
+from orchctl.render import (
+    Grid,
+    View,
+    problem_lines,
+    reload_view,
+    status_view,
+    to_plain,
+    to_rich,
+)
+
+
+def test_reload_view_prints_the_diff() -> None:
+    view = reload_view({"ok": True, "added": ["a"], "changed": ["b", "c"], "removed": [],
+                        "unchanged": 4, "restart_required": ["server.port"],
+                        "warnings": ["endpoints[0].description is ignored"]})
+    assert to_plain(view).splitlines() == [
+        "added: a", "changed: b", "changed: c",
+        "reloaded: 1 added, 2 changed, 0 removed, 4 unchanged",
+        "restart required: server.port changed (restart orchd to apply it)",
+        "warning: endpoints[0].description is ignored",
+    ]
+
+
+def test_problem_lines_name_path_and_line() -> None:
+    assert problem_lines("Reload failed", [
+        {"path": "endpoints[0].url", "message": "bad", "line": 3},
+        {"path": "log_level", "message": "worse"},
+    ]) == ["Reload failed", "  endpoints[0].url (line 3): bad", "  log_level: worse"]
+
+
+def test_plain_grid_is_aligned_and_rich_has_the_same_cells() -> None:
+    status = {"system_status": "degraded", "summary": {"total_endpoints": 1,
+              "healthy_endpoints": 0, "unhealthy_endpoints": 1},
+              "circuit_breaker_summary": {"open_breakers": 1},
+              "last_reload": {"ok": False, "error": "bad file", "at": 0, "trigger": "SIGHUP"}}
+    endpoints = {"endpoints": [{"endpoint_id": "svc", "status": "unhealthy", "targets": [
+        {"url": "http://10.0.0.1:80", "admin_state": "draining", "health": "unhealthy",
+         "circuit_breaker": {"state": "forced_open"}, "in_flight": 2, "response_time": 0.0123},
+    ]}]}
+    view = status_view(status, endpoints)
+    lines = to_plain(view).splitlines()
+    assert lines[0] == "orchd: degraded, 1 endpoints (0 healthy, 1 unhealthy), 1 breakers open"
+    assert lines[1] == "last reload: failed: bad file at 1970-01-01 00:00:00Z (trigger SIGHUP)"
+    header, row = lines[2], lines[3]
+    assert row.split() == ["svc", "unhealthy", "http://10.0.0.1:80", "draining", "unhealthy",
+                           "forced_open", "2", "12.3ms"]
+    assert header.index("TARGET") == row.index("http://")
+    console = Console(width=200, record=True, color_system="truecolor", force_terminal=True)
+    console.print(to_rich(view))
+    text = console.export_text(clear=False)
+    assert "forced_open" in text and "http://10.0.0.1:80" in text
+    assert "\x1b[" in console.export_text(styles=True)
+
+
+def test_empty_views() -> None:
+    assert to_plain(View(("x", Grid(("A", "B"), ())))) == "x\nA  B"
+
+
+def test_global_options_may_follow_the_command() -> None:
+    assert hoist_global_options(["endpoints", "list", "--json", "--socket", "/s"]) == [
+        "--json", "--socket", "/s", "endpoints", "list"]
+    assert hoist_global_options(["status", "--socket=/s"]) == ["--socket=/s", "status"]
+    assert hoist_global_options(["x", "--", "--json"]) == ["x", "--", "--json"]
