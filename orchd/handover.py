@@ -38,6 +38,10 @@ The protocol, in order:
 5. Not ready (it exited, or ``READY_TIMEOUT`` passed): the successor is killed, the old process
    takes the store lock back, thaws writes and keeps serving; the answer says why.
 
+orchd refuses to restart when it is process 1 (a container without an init): its successor
+would be killed with the container when it exits. Run it under an init (``docker run --init``,
+tini) for ``orchctl restart`` to work in a container.
+
 A successor whose listen address or control socket path differs from the inherited sockets'
 (the point of restarting after changing ``server.port``) closes those and binds its own; the
 old process's sockets then close when it exits.
@@ -198,6 +202,11 @@ class Restarter:
             raise ProblemError(409, "Stopping", "orchd is stopping; start it again instead")
         if self.busy:
             raise ProblemError(409, "Restart in progress", "a restart is already under way")
+        if os.getpid() == 1:
+            raise ProblemError(409, "Restart not possible",
+                               "orchd is process 1 (a container's init): the container would "
+                               "end with it; run it under an init (docker run --init, tini) "
+                               "or restart the container")
         self.busy = True
         try:
             result = await self._restart()

@@ -215,13 +215,23 @@ async def test_the_successor_becomes_the_services_main_process(orchd_factory, su
         old = daemon.proc.pid
         await manager.wait_for(old, "READY=1")
 
-        status, answer = await control(daemon, "POST", "/control/restart")
-        assert status == 200, answer
-        new = answer["pid"]
+        # SIGUSR2 restarts like orchctl restart. The old main process hands the service
+        # over (MAINPID=); the successor's own READY went to the old process, and its later
+        # notifications come to the service manager.
+        daemon.signal(signal.SIGUSR2)
+
+        async def handed_over() -> int | None:
+            manager._drain()
+            return next((int(m[8:]) for pid, m in manager.messages
+                         if pid == old and m.startswith("MAINPID=") and m != f"MAINPID={old}"),
+                        None)
+        new = await async_wait_until(handed_over, 60, what="MAINPID= of the successor")
         successors.append(new)
-        # The old main process hands the service over; the successor's own READY went to
-        # the old process, and its later notifications come to the service manager.
-        await manager.wait_for(old, f"MAINPID={new}")
+
+        async def answered_by_new() -> bool:
+            _, info = await control(daemon, "GET", "/control/info")
+            return bool(info["pid"] == new)
+        await async_wait_until(answered_by_new, 30, what="the successor on the control socket")
         os.kill(new, signal.SIGHUP)
         await manager.wait_for(new, "RELOADING=1")
         await manager.wait_for(new, "READY=1")
