@@ -375,6 +375,14 @@ def _paths() -> dict[str, Any]:
         "/control/stop": {"post": _op("Graceful stop (control socket only)", "control", {
             "202": _json(_obj({"success": {"type": "boolean"}, "pid": {"type": "integer"}},
                               ["success"]))})},
+        "/control/restart": {"post": _op(
+            "Restart with no downtime: a new orchd takes over the sockets, this one drains "
+            "(control socket only)", "control", {
+                "200": _json(_obj({"success": {"type": "boolean"}, "pid": {"type": "integer"},
+                                   "old_pid": {"type": "integer"}}, ["success", "pid"])),
+                "409": _problem("A restart is under way, orchd is stopping, or it is process 1"),
+                "422": _problem("The configuration file does not validate"),
+                "500": _problem("The new process did not become ready; this one serves on")})},
         "/control/info": {"get": _op("Daemon info (control socket only)", "control", {
             "200": _json(_obj({"pid": {"type": "integer"}, "version": {"type": "string"}},
                               ["pid", "version"]))})},
