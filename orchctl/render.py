@@ -117,6 +117,12 @@ def status_view(status: Mapping[str, Any], endpoints: Mapping[str, Any]) -> View
     grid = Grid(("ENDPOINT", "STATUS", "TARGET", "ADMIN", "HEALTH", "BREAKER", "IN-FLIGHT",
                  "RESPONSE"), tuple(rows))
     parts: list[Part] = [head, _reload_line(status.get("last_reload"))]
+    store = status.get("store")
+    if isinstance(store, Mapping):
+        line = f"registry store: {_s(store.get('type'))} {_s(store.get('status'))}"
+        if store.get("error"):
+            line += f" ({store['error']})"
+        parts.append(line)
     parts.append(grid if rows else "no endpoints registered")
     return View(tuple(parts))
 
@@ -176,6 +182,7 @@ def breakers_view(doc: Mapping[str, Any]) -> View:
     line = (f"{_s(summary.get('total_circuit_breakers'))} breakers: "
             f"{_s(summary.get('closed_breakers'))} closed, "
             f"{_s(summary.get('half_open_breakers'))} half-open, "
+            f"{_s(summary.get('partially_open_breakers', 0))} partially open, "
             f"{_s(summary.get('open_breakers'))} open")
     if not rows:
         return View(("no circuit breakers (no endpoints registered)",))

@@ -68,3 +68,22 @@ def test_global_options_may_follow_the_command() -> None:
         "--json", "--socket", "/s", "endpoints", "list"]
     assert hoist_global_options(["status", "--socket=/s"]) == ["--socket=/s", "status"]
     assert hoist_global_options(["x", "--", "--json"]) == ["x", "--", "--json"]
+
+
+def test_status_shows_a_degraded_store() -> None:
+    status = {"system_status": "degraded", "summary": {}, "circuit_breaker_summary": {},
+              "store": {"type": "etcd", "status": "degraded", "error": "no member answered"}}
+    lines = to_plain(status_view(status, {"endpoints": []})).splitlines()
+    assert "registry store: etcd degraded (no member answered)" in lines
+
+
+def test_breakers_summary_counts_partially_open() -> None:
+    from orchctl.render import breakers_view
+
+    doc = {"summary": {"total_circuit_breakers": 1, "closed_breakers": 0,
+                       "half_open_breakers": 0, "partially_open_breakers": 1,
+                       "open_breakers": 0},
+           "circuit_breakers": [{"endpoint_id": "svc", "targets": [
+               {"url": "http://a", "state": "open"}, {"url": "http://b", "state": "closed"}]}]}
+    text = to_plain(breakers_view(doc))
+    assert "1 breakers: 0 closed, 0 half-open, 1 partially open, 0 open" in text
