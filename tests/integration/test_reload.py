@@ -173,6 +173,7 @@ async def test_invalid_file_keeps_running_config_and_reports_the_line(
     assert health["last_reload"]["ok"] is False
     assert health["last_reload"]["error"] == error
     assert health["last_reload"]["errors"][0]["line"] >= 5
+    assert "failed, the running configuration stays" in daemon.log()
     assert await proxied_status(http, daemon, "alpha") == 200
 
     # A schema error: the answer of POST /config/reload names the key and its line.
