@@ -232,6 +232,8 @@ class Daemon:
                 state.changes.file_digest = digest
                 if isinstance(from_file, Config):  # the file's own restart-only keys
                     state.changes.file_server = from_file.server
+                    if from_file.log_level != state.config.log_level:
+                        state.changes.log_level_override = state.config.log_level
                 watcher = ConfigWatcher(self.config_path, state.changes)
                 watcher.start()
                 self._watcher = watcher

@@ -108,6 +108,7 @@ class ChangeConsumer:
         self.file_digest: str | None = None  # of the config file as the last reload read it
         self.file_server: ServerSettings | None = None  # its server block, for restart keys
         self.frozen: str | None = None  # why changes are refused for now (a restart)
+        self.log_level_override: str | None = None  # set by a flag or LOG_LEVEL at start
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="orchd-changes")
@@ -410,6 +411,8 @@ class ChangeConsumer:
                    if getattr(config.server, k) != getattr(started, k)]
         kept = {k: getattr(running, k) for k in running.RESTART_KEYS}
         config = replace(config, server=replace(config.server, **kept))
+        if self.log_level_override is not None:  # --log-level / LOG_LEVEL win over the file
+            config = replace(config, log_level=self.log_level_override)
         diff = state.registry.set_config_endpoints(config.endpoints, config.circuit_breaker)
         state.config = config
         logging.getLogger("orchd").setLevel(config.log_level)

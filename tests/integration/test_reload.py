@@ -339,3 +339,22 @@ async def test_no_failed_request_while_the_file_is_rewritten(orchd_factory, upst
     assert results["failed"] == 0, failures[:10]
     status = await config_status(http, daemon)
     assert status["last_reload"]["ok"] is True
+
+
+async def test_a_log_level_flag_still_wins_after_a_reload(orchd_factory, upstream_factory,
+                                                          http):
+    up = await upstream_factory()
+    daemon = orchd_factory(base_config(endpoint("alpha", up), log_level="INFO"),
+                           extra_args=["--log-level", "WARNING"])
+    for names in (["alpha", "beta"], ["alpha", "beta", "gamma"]):
+        daemon.write_config(base_config(*(endpoint(n, up) for n in names), log_level="INFO"))
+        await wait_names(http, daemon, set(names))
+    log = daemon.log()
+    assert "reload (file)" not in log, "a reload lowered the level set by --log-level"
+    daemon.write_config("endpoints: [")
+    await async_wait_until(lambda: _reload_failed(http, daemon), what="the failed reload")
+    assert "reload (file) failed" in daemon.log()  # WARNING and above are still logged
+
+
+async def _reload_failed(http: aiohttp.ClientSession, daemon: Any) -> bool:
+    return (await config_status(http, daemon))["last_reload"]["ok"] is False
