@@ -14,6 +14,11 @@ RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 
 FROM python:3.11-slim
 ARG ORCHD_UID=10001
+# tini as process 1: reaps children and forwards signals, so orchd is not process 1 and
+# `orchctl restart` (which hands the listeners to a successor process) works in the container.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends tini \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --system --gid "${ORCHD_UID}" orchd \
  && useradd --system --uid "${ORCHD_UID}" --gid orchd --home-dir /var/lib/orchd \
         --no-create-home --shell /usr/sbin/nologin orchd \
@@ -41,5 +46,5 @@ EXPOSE 8000
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD python -c "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=2)" || exit 1
-ENTRYPOINT ["orchd"]
+ENTRYPOINT ["/usr/bin/tini", "--", "orchd"]
 CMD []
