@@ -1,7 +1,9 @@
 """The per-request hook: one access log line and the request's metrics.
 
 aiohttp calls ``log(request, response, duration)`` once a response is finished; the proxy has
-put ``endpoint``, ``target``, ``request_id`` and ``upstream_error`` on the request by then.
+put ``endpoint``, ``target``, ``request_id``, ``upstream_error`` and ``started`` on the
+request by then. Durations of proxied requests come from ``started`` (``perf_counter``),
+since the event loop's clock may tick in whole milliseconds (uvloop).
 
 A line holds the request id, endpoint, target, method, path (never the query), status,
 duration and bytes; never a header value, so credentials cannot reach the log. The fields
@@ -11,6 +13,7 @@ travel on the record as ``access`` so the JSON formatter writes them as JSON key
 from __future__ import annotations
 
 import logging
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -29,6 +32,9 @@ class AccessLogger(AbstractAccessLogger):
     log_lines = True
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        started = request.get("started")
+        if started is not None:  # the proxy's own clock: finer than the loop's milliseconds
+            time = perf_counter() - started
         metrics = self.metrics
         if metrics is not None:
             metrics.observe(request, response.status, time)

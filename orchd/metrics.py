@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from array import array
 from bisect import bisect_left
 from collections import deque
 from collections.abc import AsyncIterator, Iterable
@@ -65,28 +66,40 @@ _MAX_SAMPLES = 4096  # per endpoint: bounded whatever the traffic
 
 
 class Window:
-    """The recent requests of one endpoint: bounded samples and the last few errors."""
+    """The recent requests of one endpoint: a fixed ring of samples and the last errors.
 
-    __slots__ = ("errors", "samples", "total")
+    Samples live in preallocated arrays of doubles, so recording one allocates nothing that
+    outlives the request (no extra work for the garbage collector).
+    """
+
+    __slots__ = ("durations", "errors", "failed", "next", "times", "total")
 
     def __init__(self) -> None:
-        self.samples: deque[tuple[float, float, bool]] = deque(maxlen=_MAX_SAMPLES)
-        self.errors: deque[dict[str, Any]] = deque(maxlen=5)
+        self.times = array("d", bytes(8 * _MAX_SAMPLES))
+        self.durations = array("d", bytes(8 * _MAX_SAMPLES))
+        self.failed = bytearray(_MAX_SAMPLES)
+        self.next = 0
         self.total = 0
+        self.errors: deque[dict[str, Any]] = deque(maxlen=5)
 
     def add(self, now: float, duration: float, failed: bool) -> None:
-        self.samples.append((now, duration, failed))
+        i = self.next
+        self.times[i] = now
+        self.durations[i] = duration
+        self.failed[i] = failed
+        self.next = (i + 1) % _MAX_SAMPLES
         self.total += 1
 
     def summary(self, now: float) -> dict[str, Any]:
-        recent = [s for s in self.samples if now - s[0] <= LATENCY_WINDOW]
-        rate_n = sum(1 for s in recent if now - s[0] <= RATE_WINDOW)
-        # Until the window has filled, divide by the time the samples actually span.
+        times = self.times
+        recent = [i for i in range(min(self.total, _MAX_SAMPLES))
+                  if now - times[i] <= LATENCY_WINDOW]
+        rate_n = sum(1 for i in recent if now - times[i] <= RATE_WINDOW)
         span = RATE_WINDOW
-        if self.samples and len(self.samples) == self.samples.maxlen:
-            span = min(RATE_WINDOW, max(now - self.samples[0][0], 0.001))
-        latencies = sorted(s[1] for s in recent)
-        failed = sum(1 for s in recent if s[2])
+        if self.total > _MAX_SAMPLES:  # the ring has wrapped: it may span less than the window
+            span = min(RATE_WINDOW, max(now - times[self.next], 0.001))
+        latencies = sorted(self.durations[i] for i in recent)
+        failed = sum(self.failed[i] for i in recent)
         return {
             "requests_per_second": round(rate_n / span, 3),
             "p50_ms": _quantile_ms(latencies, 0.50),
@@ -170,7 +183,7 @@ class Metrics(Collector):
             if hist is None:
                 hist = self._latency[endpoint] = _Histogram()
             hist.observe(duration)
-        failed = status >= 500 or kind is not None
+        failed = status >= 500  # what the client saw; a retried refusal is not a failure
         if kind is not None:
             err_key = (endpoint, kind)
             self._errors[err_key] = self._errors.get(err_key, 0) + 1
@@ -196,6 +209,9 @@ class Metrics(Collector):
         elif (event.type == "registry" and data.get("action") == "removed"
               and data.get("endpoint_id")):
             self.forget(data["endpoint_id"])
+        elif event.type == "reload" and data.get("ok"):
+            for name in data.get("removed") or ():  # endpoints the file no longer has
+                self.forget(name)
 
     def forget(self, endpoint: str) -> None:
         """Drop the series of an endpoint that no longer exists."""

@@ -118,6 +118,7 @@ class Proxy:
         started = time.perf_counter()
         rid = _request_id(request)
         request["request_id"] = rid
+        request["started"] = started  # for the access log and metrics (orchd.accesslog)
         try:
             return await self._handle(request, rid, started)
         except ProblemError as exc:
@@ -347,11 +348,15 @@ class Proxy:
             resp.headers["X-Request-ID"] = rid
             resp.headers["X-Endpoint-ID"] = route.name
             resp.headers["X-Response-Time"] = f"{elapsed * 1000:.2f}ms"
-            await resp.prepare(request)
             try:
+                await resp.prepare(request)
                 if method != "HEAD" and status not in (204, 304):
                     async for chunk in upstream.chunks(route.spec.timeout):
                         await resp.write(chunk)
+            except ConnectionResetError:
+                # The client went away mid-answer: nothing to send, nothing learnt about the
+                # upstream (the breaker is released below), and not an error of the gateway.
+                return resp
             except (UpstreamBroke, TimeoutError) as exc:
                 request["upstream_error"] = "timeout" if isinstance(exc, TimeoutError) else "reset"
                 if not reported:

@@ -62,9 +62,18 @@ def browser():  # type: ignore[no-untyped-def]
         shutil.rmtree(profile, ignore_errors=True)
 
 
+# The page re-renders its rows as events arrive, so elements are read in one script call
+# (a found element may be replaced before it is read).
 def _row_state(driver, name: str) -> str | None:  # type: ignore[no-untyped-def]
-    rows = driver.find_elements("css selector", f'tr[data-endpoint="{name}"]')
-    return rows[0].get_attribute("data-breaker") if rows else None
+    return driver.execute_script(  # type: ignore[no-any-return]
+        "const r = document.querySelector(`tr[data-endpoint='${arguments[0]}']`);"
+        "return r ? r.dataset.breaker : null;", name)
+
+
+def _text(driver, selector: str) -> str | None:  # type: ignore[no-untyped-def]
+    return driver.execute_script(  # type: ignore[no-any-return]
+        "const e = document.querySelector(arguments[0]); return e ? e.textContent : null;",
+        selector)
 
 
 async def test_trip_turns_the_row_open_live(browser, orchd_factory, upstream_factory, http):
@@ -92,8 +101,8 @@ async def test_trip_turns_the_row_open_live(browser, orchd_factory, upstream_fac
     await asyncio.to_thread(wait, lambda d: _row_state(d, "payments") == "closed",
                             "the payments row, closed")
     await asyncio.to_thread(
-        wait, lambda d: d.find_element("id", "live").get_attribute("data-state") == "live",
-        "the event stream to connect")
+        wait, lambda d: d.execute_script("return document.getElementById('live').dataset.state")
+        == "live", "the event stream to connect")
     marker = await asyncio.to_thread(browser.execute_script,
                                      "window.__sameDocument = 42; return 42;")
     assert marker == 42
@@ -106,16 +115,13 @@ async def test_trip_turns_the_row_open_live(browser, orchd_factory, upstream_fac
     # Same document: the page changed live, it was not reloaded.
     same = await asyncio.to_thread(browser.execute_script, "return window.__sameDocument;")
     assert same == 42
-    row = await asyncio.to_thread(browser.find_element, "css selector",
-                                  'tr[data-endpoint="payments"] td.breaker')
-    text = await asyncio.to_thread(lambda: row.text)
-    assert "open" in text and "tripped by an operator" in text
+    text = await asyncio.to_thread(_text, browser, 'tr[data-endpoint="payments"] td.breaker')
+    assert text is not None and "open" in text and "tripped by an operator" in text
     assert _row_state(browser, "users") == "closed"
 
     # The traffic figures arrive with the next stats event.
     await asyncio.to_thread(
-        wait, lambda d: d.find_element(
-            "css selector", 'tr[data-endpoint="users"] td.num').text not in ("\u2013", "0.0"),
+        wait, lambda d: _text(d, 'tr[data-endpoint="users"] td.num') not in (None, "\u2013"),
         "the request rate of users")
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "dashboard.png"

@@ -150,6 +150,19 @@ async def test_reload_and_registry_metrics(orchd_factory, upstream_factory, http
     removed = await scrape(http, daemon.url)
     assert not any("api1" in dict(k[1]).values() for k in removed)
 
+    # So do those of an endpoint a reload takes out of the file.
+    async with http.get(f"{daemon.url}/orchestrator/b/x") as r:
+        assert r.status == 200
+    assert value(await scrape(http, daemon.url), "orchd_requests_total", endpoint="b",
+                 method="GET", code="2xx") == 1
+    config["endpoints"].pop()
+    daemon.write_config(yaml.safe_dump(config))
+    async with http.post(f"{daemon.url}/config/reload", headers=AUTH) as r:
+        assert r.status == 200
+    reloaded = await scrape(http, daemon.url)
+    assert not any(dict(k[1]).get("endpoint") == "b" for k in reloaded)
+    assert value(reloaded, "orchd_endpoint_status", endpoint="a", status="active") == 1
+
 
 async def test_metrics_can_be_turned_off(orchd_factory, upstream_factory, http):
     up = await upstream_factory()

@@ -106,7 +106,7 @@ def test_live_daemon_matches_its_document(daemon, tmp_path):
         str(st), "run", f"{daemon.url}/openapi.json",
         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
                     "response_schema_conformance",
-        "--phases", "examples,coverage,fuzzing",
+        "--phases", "examples,coverage",  # coverage: boundary and negative cases, deterministic
         "--max-examples", "4", "--seed", "1", "--workers", "1",
         "--generation-database", "none", "--request-timeout", "10",
         "--exclude-path-regex", r"^/(orchestrator|events|control|docs)",
