@@ -36,6 +36,8 @@ __all__ = (
 
 PathTuple = tuple[str | int, ...]
 
+_MAX_DEPTH = 64  # nesting levels in a configuration document
+_MAX_NODES = 200_000  # values in it, aliases expanded
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
 
 # Keys the original Orchestrator API documented but ignored: accepted, with a warning.
@@ -111,13 +113,37 @@ def parse_yaml(text: str, env: Mapping[str, str] | None = None) -> Document:
         raise ConfigError([FieldError("", f"YAML syntax error: {problem}", line)]) from None
     except yaml.YAMLError as exc:
         raise ConfigError([FieldError("", f"YAML error: {exc}")]) from None
+    except RecursionError:
+        raise ConfigError([FieldError("", "YAML error: the document is nested too "
+                                          "deeply")]) from None
     if root is None:
         return Document({}, {(): 1})
     constructor = _Constructor("")
     lines: dict[PathTuple, int] = {}
     errors: list[FieldError] = []
+    budget = [_MAX_NODES]  # aliases can make a small text a huge tree ("billion laughs")
+    open_nodes: set[int] = set()  # an alias to one of its own ancestors never ends
 
     def build(node: yaml.Node, path: PathTuple) -> Any:
+        budget[0] -= 1
+        if budget[0] < 0 or len(path) > _MAX_DEPTH:
+            why = "too deeply nested" if len(path) > _MAX_DEPTH else \
+                f"larger than {_MAX_NODES} values once its aliases are expanded"
+            raise ConfigError([FieldError(format_path(path), f"the document is {why}",
+                                          node.start_mark.line + 1)])
+        if isinstance(node, yaml.MappingNode | yaml.SequenceNode):
+            if id(node) in open_nodes:
+                raise ConfigError([FieldError(format_path(path), "an alias refers to a node "
+                                              "that contains it (a recursive structure)",
+                                              node.start_mark.line + 1)])
+            open_nodes.add(id(node))
+            try:
+                return build_collection(node, path)
+            finally:
+                open_nodes.discard(id(node))
+        return build_scalar(node, path)
+
+    def build_collection(node: yaml.Node, path: PathTuple) -> Any:
         lines.setdefault(path, node.start_mark.line + 1)
         if isinstance(node, yaml.MappingNode):
             constructor.flatten_mapping(node)
@@ -135,8 +161,10 @@ def parse_yaml(text: str, env: Mapping[str, str] | None = None) -> Document:
                 lines[(*path, key)] = key_node.start_mark.line + 1
                 out[key] = build(value_node, (*path, key))
             return out
-        if isinstance(node, yaml.SequenceNode):
-            return [build(item, (*path, i)) for i, item in enumerate(node.value)]
+        return [build(item, (*path, i)) for i, item in enumerate(node.value)]
+
+    def build_scalar(node: yaml.Node, path: PathTuple) -> Any:
+        lines.setdefault(path, node.start_mark.line + 1)
         value = constructor.construct_object(node, deep=True)
         if isinstance(value, str) and "${" in value:
             expanded = _expand(value, path, env, errors, node.start_mark.line + 1)
@@ -154,6 +182,9 @@ def parse_yaml(text: str, env: Mapping[str, str] | None = None) -> Document:
         data = build(root, ())
     except yaml.YAMLError as exc:
         raise ConfigError([FieldError("", f"YAML error: {exc}")]) from None
+    except RecursionError:
+        raise ConfigError([FieldError("", "YAML error: the document is nested too "
+                                          "deeply")]) from None
     if errors:
         raise ConfigError(errors)
     return Document(data, lines)

@@ -130,7 +130,8 @@ def map_path(base_path: str, segments: Sequence[str]) -> str:
     """Join the raw ``segments`` under ``base_path``; never climb above it.
 
     ``.`` segments (plain or percent-encoded) are dropped; a segment that decodes to ``..``,
-    or hides one behind an encoded slash or backslash, raises ``PathError``.
+    or hides one behind an encoded slash or backslash or a ``;`` parameter, raises
+    ``PathError``.
     """
     kept: list[str] = []
     for seg in segments:
@@ -138,7 +139,8 @@ def map_path(base_path: str, segments: Sequence[str]) -> str:
             decoded = unquote(seg)
             if decoded == ".":
                 continue
-            if ".." in _SEP_RE.split(decoded):
+            # ``..;x`` is ``..`` to servlet containers (path parameters are dropped).
+            if any(p.split(";", 1)[0] == ".." for p in _SEP_RE.split(decoded)):
                 raise PathError(f"path segment {seg!r} climbs above the endpoint's base path")
         kept.append(seg)
     if not segments:
