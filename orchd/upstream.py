@@ -30,6 +30,8 @@ __all__ = ("UpstreamBroke", "UpstreamConnectError", "UpstreamPool", "UpstreamRes
 # Pause reading from an upstream once this much of its body waits for a slow client.
 _READ_HIGH_WATER: Final = 512 * 1024
 _READ_LOW_WATER: Final = 128 * 1024
+# An answer's status line and headers may not exceed this (Envoy's default is 60 KiB).
+MAX_RESPONSE_HEAD: Final = 64 * 1024
 
 
 class UpstreamConnectError(OSError):
@@ -137,6 +139,7 @@ class _Connection(asyncio.Protocol):
         "exc",
         "framed",
         "got_bytes",
+        "head_bytes",
         "head_only",
         "header_list",
         "idle_since",
@@ -169,6 +172,7 @@ class _Connection(asyncio.Protocol):
         self.exc: BaseException | None = None
         self.keep_alive = False
         self.got_bytes = False
+        self.head_bytes = 0  # of the answer's status line and headers, while they arrive
         self.body_sent = False
         self.head_only = False
         self.framed = False  # Content-Length or chunked: the body does not run until close
@@ -186,6 +190,12 @@ class _Connection(asyncio.Protocol):
             self._fail(UpstreamBroke("unexpected protocol upgrade"))
         except httptools.HttpParserError as exc:
             self._fail(UpstreamBroke(f"malformed response: {exc}"))
+        if self.status == 0 and self.exc is None:
+            # httptools buffers a header line whole, however long: bound what it holds.
+            self.head_bytes += len(data)
+            if self.head_bytes > MAX_RESPONSE_HEAD:
+                self._fail(UpstreamBroke(f"response header section larger than "
+                                         f"{MAX_RESPONSE_HEAD} bytes"))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True

@@ -1,0 +1,197 @@
+"""Upstream faults: resets, garbage, endless bodies and headers, short bodies, silence.
+
+The client gets a clear 502/504 or a cut stream; afterwards orchd's open descriptors and
+memory are back to where they were.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+
+import aiohttp
+import pytest
+
+from tests.integration.rawhttp import endpoint, fd_count, rss_kib
+from tests.support import async_wait_until, base_config
+
+
+class FaultyUpstream:
+    """A raw asyncio server whose behaviour is chosen by the request path."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.port = 0
+        self.open = 0  # connections currently open
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def start(self) -> FaultyUpstream:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.open += 1
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.add(task)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                path = head.split(b" ", 2)[1].decode()
+                if not await self._act(path, reader, writer):
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self.open -= 1
+            self.tasks.discard(task)
+            writer.close()
+
+    async def _act(self, path: str, r: asyncio.StreamReader, w: asyncio.StreamWriter
+                   ) -> bool:
+        if path == "/ok":
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            await w.drain()
+            return True
+        if path == "/garbage":
+            w.write(b"SSH-2.0-OpenSSH_9.6\r\nthis is not http\r\n\r\n")
+            await w.drain()
+            return False
+        if path == "/reset-before-head":
+            _reset(w)
+            return False
+        if path == "/reset-mid-body":
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"a" * 5000)
+            await w.drain()
+            await asyncio.sleep(0.05)
+            _reset(w)
+            return False
+        if path == "/short-body-close":
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"b" * 10)
+            await w.drain()
+            return False
+        if path == "/short-body-silent":
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"c" * 10)
+            await w.drain()
+            await _until_closed(r)
+            return False
+        if path == "/silent":
+            await _until_closed(r)
+            return False
+        if path == "/endless-body":
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            chunk = b"%x\r\n%s\r\n" % (65536, b"d" * 65536)
+            for _ in range(100000):  # bounded: ~6.5 GB, far more than any client reads
+                w.write(chunk)
+                await w.drain()
+            return False
+        if path == "/endless-header":
+            w.write(b"HTTP/1.1 200 OK\r\nX-Endless: ")
+            for _ in range(2000):  # bounded: 128 MB of one header line at most
+                w.write(b"e" * 65536)
+                await w.drain()
+            return False
+        if path == "/bad-chunk":
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+                    b"zz\r\nxx\r\n0\r\n\r\n")
+            await w.drain()
+            return False
+        raise AssertionError(path)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            for task in list(self.tasks):
+                task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*self.tasks, return_exceptions=True)
+            await self.server.wait_closed()
+
+
+async def _until_closed(r: asyncio.StreamReader) -> None:
+    """Say nothing until the peer closes (at most 30 s)."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(r.read(), 30)
+
+
+def _reset(w: asyncio.StreamWriter) -> None:
+    sock = w.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    w.transport.abort()
+
+
+@pytest.fixture
+async def faulty():
+    up = await FaultyUpstream().start()
+    yield up
+    await up.stop()
+
+
+async def _get(s: aiohttp.ClientSession, url: str, read_limit: int | None = None
+               ) -> tuple[int, str]:
+    """Status and how the body ended: 'complete', 'cut' or 'enough' (we stopped reading)."""
+    async with s.get(url, timeout=aiohttp.ClientTimeout(total=20)) as r:
+        got = 0
+        try:
+            async for chunk in r.content.iter_chunked(65536):
+                got += len(chunk)
+                if read_limit is not None and got >= read_limit:
+                    return r.status, "enough"
+        except aiohttp.ClientPayloadError:
+            return r.status, "cut"
+        return r.status, "complete"
+
+
+async def test_faults_get_clear_answers_and_resources_return(orchd_factory, faulty):
+    gw = orchd_factory(base_config(endpoint("up", faulty.url, timeout=1, retries=0),
+                                   circuit_breaker={"failure_threshold": 1000}))
+    assert gw.proc is not None
+    pid = gw.proc.pid
+    base = f"{gw.url}/orchestrator/up"
+    async with aiohttp.ClientSession() as s:
+        for _ in range(50):  # warm up: imports, pools, buffers
+            assert await _get(s, f"{base}/ok") == (200, "complete")
+    await asyncio.sleep(0)
+    fds0, rss0 = fd_count(pid), rss_kib(pid)
+
+    results: dict[str, tuple[int, str]] = {}
+    for _ in range(3):  # several rounds: a leak per fault would add up
+        async with aiohttp.ClientSession() as s:
+            for path in ("garbage", "reset-before-head", "reset-mid-body", "short-body-close",
+                         "short-body-silent", "silent", "endless-header", "bad-chunk"):
+                results[path] = await _get(s, f"{base}/{path}")
+            results["endless-body"] = await _get(s, f"{base}/endless-body",
+                                                 read_limit=8 * 1024 * 1024)
+    assert results == {
+        "garbage": (502, "complete"),
+        "reset-before-head": (502, "complete"),
+        "reset-mid-body": (200, "cut"),
+        "short-body-close": (200, "cut"),
+        "short-body-silent": (200, "cut"),
+        "silent": (504, "complete"),
+        "endless-header": (502, "complete"),
+        "bad-chunk": (200, "cut"),
+        "endless-body": (200, "enough"),
+    }, results
+
+    # The upstream side: every connection orchd opened for these is closed again.
+    async def upstream_idle() -> bool:
+        return faulty.open <= 1  # at most one pooled keep-alive connection from /ok
+
+    await async_wait_until(upstream_idle, 15, what="orchd to close its upstream connections")
+
+    async def back_to_baseline() -> bool:
+        return fd_count(pid) <= fds0 + 1
+
+    await async_wait_until(back_to_baseline, 15, what=f"fds back to {fds0}")
+    rss1 = rss_kib(pid)
+    assert rss1 < rss0 * 1.25 + 8192, (rss0, rss1)
+    async with aiohttp.ClientSession() as s:
+        assert await _get(s, f"{base}/ok") == (200, "complete")
