@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -288,6 +289,17 @@ circuit_breaker:
                 "--state-dir", str(d / "state"), "--control-socket", str(d / "s.sock")]
         proc = self.spawn(name, PROXY_CPU, argv)
         self.wait_http(proc, f"http://127.0.0.1:{port}/health/ready")
+        # Measure it as it runs in production: metrics served, the target actively checked.
+        self.wait_http(proc, f"http://127.0.0.1:{port}/metrics")
+        deadline = time.monotonic() + 20
+        while True:
+            with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/health/endpoints/bench", timeout=2) as r:
+                if json.load(r).get("status") == "healthy":
+                    break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"{name}: the health checks never marked the backend healthy")
+            time.sleep(0.2)
         label = "orchd" + ("" if access_log else ", access log off")
         return Row(label, port, "/orchestrator/bench/", proc)
 
