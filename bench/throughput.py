@@ -255,13 +255,16 @@ http://127.0.0.1:{port} {{
         self.wait_http(proc, f"http://127.0.0.1:{port}/health")
         return Row("bare aiohttp+uvloop proxy", port, "/", proc)
 
-    def start_ceiling(self, kind: str) -> Row:
+    def start_ceiling(self, kind: str, backend: int = 0) -> Row:
         port = free_port()
+        extra = [str(backend)] if kind == "llhttp-proxy" else []
         proc = self.spawn(f"ceiling-{kind}", PROXY_CPU,
-                          [str(PY), str(ROOT / "bench" / "ceiling.py"), kind, str(port)])
+                          [str(PY), str(ROOT / "bench" / "ceiling.py"), kind, str(port), *extra])
         self.wait_http(proc, f"http://127.0.0.1:{port}/health")
         label = {"aiohttp": "ceiling: aiohttp app, constant answer, no proxying",
-                 "llhttp": "ceiling: asyncio protocol + llhttp, constant answer"}[kind]
+                 "llhttp": "ceiling: asyncio protocol + llhttp, constant answer",
+                 "llhttp-proxy": "ceiling: llhttp protocol + orchd's upstream pool, "
+                                 "no gateway logic"}[kind]
         return Row(label, port, "/", proc)
 
     def start_orchd(self, backend: int, name: str, access_log: bool) -> Row:
@@ -402,7 +405,8 @@ def run(args: argparse.Namespace) -> int:
         quiet = bench.start_orchd(backend, "orchd-nolog", access_log=False)
         rows = [direct, nginx, caddy, bare, orchd, quiet]
         if args.ceiling:
-            rows += [bench.start_ceiling("aiohttp"), bench.start_ceiling("llhttp")]
+            rows += [bench.start_ceiling("aiohttp"), bench.start_ceiling("llhttp"),
+                     bench.start_ceiling("llhttp-proxy", backend)]
         for row in rows:
             bench.check(row)
             for size in SIZES:  # warm up: connections, caches, the first allocations
@@ -461,8 +465,9 @@ def main() -> None:
     p.add_argument("--duration", type=int, default=4, help="seconds per wrk run")
     p.add_argument("--connections", type=int, default=64)
     p.add_argument("--ceiling", action="store_true",
-                   help="add two rows that answer a constant body without proxying: an "
-                        "aiohttp app and a bare asyncio protocol with llhttp")
+                   help="add rows that answer a constant body without proxying (an aiohttp "
+                        "app, a bare asyncio protocol with llhttp) and one that forwards "
+                        "through orchd's upstream pool from an llhttp protocol")
     args = p.parse_args()
     if args.quick:
         args.rounds, args.duration = 1, 2
