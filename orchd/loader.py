@@ -47,6 +47,8 @@ _IGNORED_KEYS: tuple[tuple[PathTuple, str], ...] = (
     (("endpoints", -1, "circuit_breaker", "fallback_strategy"),
      "is ignored; use fallback_response"),
     (("metrics",), "is ignored; /metrics is always served"),
+    (("endpoints", -1, "ttl"),
+     "is ignored: a ttl applies to API registrations, not to the file's endpoints"),
 )
 
 

@@ -267,3 +267,11 @@ def test_registration_body() -> None:
     with pytest.raises(ConfigError) as info:
         validate_registration([])
     assert [str(e) for e in info.value.errors] == ["(document): [] is not of type object"]
+
+
+def test_ttl_on_a_file_endpoint_is_accepted_with_a_warning() -> None:
+    config = parse_config("endpoints:\n  - name: a\n    url: http://h\n    ttl: 30\n", "f.yaml")
+    assert config.warnings == (
+        "endpoints[0].ttl (line 4): is ignored: a ttl applies to API registrations, "
+        "not to the file's endpoints",
+    )
