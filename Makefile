@@ -89,3 +89,8 @@ bench-health: $(STAMP)
 ## bench-metrics: proxy throughput and CPU per request with server.metrics on vs off (needs wrk, nginx)
 bench-metrics: $(STAMP) bench-deps
 	$(BIN)/python bench/metrics_cost.py
+
+## soak: 10 minutes of mixed traffic, registrations and reloads; RSS and fds at start and end (SOAK_SECONDS=60 for a short run)
+SOAK_SECONDS ?= 600
+soak: $(STAMP)
+	$(BIN)/python bench/soak/soak.py --duration $(SOAK_SECONDS)
