@@ -25,6 +25,7 @@ from orchd.model import Config, EndpointSpec, ServerSettings
 from orchd.state import GatewayState
 from orchd.store import AdminRecord, Record, StoreEvent
 from orchd.target import ACTIVE, ADMIN_STATES, DRAINING
+from orchd.upstream_policy import UpstreamPolicy
 
 __all__ = (
     "ChangeConsumer",
@@ -191,7 +192,17 @@ class ChangeConsumer:
 
     # -- registry changes
 
+    def _check_upstreams(self, spec: EndpointSpec) -> None:
+        """422 naming the rule when ``server.allowed_upstreams`` refuses one of the URLs."""
+        policy = UpstreamPolicy(self.state.config.server.allowed_upstreams)
+        key = "urls" if "urls" in spec.document else "url"
+        errors = [FieldError(f"config.{key}" + (f"[{i}]" if key == "urls" else ""), why)
+                  for i, url in enumerate(spec.urls) if (why := policy.check(url)) is not None]
+        if errors:
+            raise ProblemError(422, "Upstream not allowed", errors[0].message, errors=errors)
+
     async def _register(self, spec: EndpointSpec) -> dict[str, Any]:
+        self._check_upstreams(spec)
         reg = self.state.registry
         existing = reg.get(spec.name)
         if existing is not None:
@@ -208,6 +219,7 @@ class ChangeConsumer:
         return {"endpoint_id": spec.name, "endpoint_url": spec.url}
 
     async def _replace(self, spec: EndpointSpec) -> dict[str, Any]:
+        self._check_upstreams(spec)
         reg = self.state.registry
         existing = reg.get(spec.name)
         if existing is None:
