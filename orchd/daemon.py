@@ -35,6 +35,7 @@ from orchd.balancer import RetryBudget
 from orchd.errors import ConfigError, ProblemError, StoreError
 from orchd.events import EventBus
 from orchd.health import HealthChecker
+from orchd.limits import GuardedRunner
 from orchd.loader import validate_endpoint
 from orchd.log import access_logger, server_logger
 from orchd.metrics import Metrics
@@ -188,8 +189,9 @@ class Daemon:
         control[RESTART] = self._restarter.restart
         shutdown = server.shutdown_timeout
         # One hook per finished request: the access log line and the request metrics.
-        public_runner = web.AppRunner(
-            public, handle_signals=False, shutdown_timeout=shutdown,
+        public_runner = GuardedRunner(
+            public, settings=lambda: state.config.server,
+            handle_signals=False, shutdown_timeout=shutdown,
             access_log=access_logger if server.access_log or metrics is not None else None,
             access_log_class=access_logger_class(metrics, server.access_log),
         )
