@@ -420,7 +420,6 @@ def openapi_document() -> dict[str, Any]:
                 "`Authorization: Bearer <admin_token>` when server.admin_token is set, or a "
                 "loopback client when it is not. Errors are RFC 9457 problem documents."),
         },
-        "jsonSchemaDialect": "https://json-schema.org/draft/2020-12/schema",
         "paths": _paths(),
         "components": {
             "schemas": {**schemas, **copy.deepcopy(_SHAPES)},

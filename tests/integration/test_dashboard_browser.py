@@ -127,3 +127,22 @@ async def test_trip_turns_the_row_open_live(browser, orchd_factory, upstream_fac
     shot = ARTIFACTS / "dashboard.png"
     assert await asyncio.to_thread(browser.save_screenshot, str(shot))
     assert shot.stat().st_size > 10_000
+
+
+async def test_swagger_ui_renders_the_document_offline(browser, orchd_factory):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    daemon = orchd_factory(base_config({"name": "users", "url": "http://127.0.0.1:9/api"}))
+    await asyncio.to_thread(browser.get, f"{daemon.url}/docs")
+
+    def operations(d) -> int:  # type: ignore[no-untyped-def]
+        return int(d.execute_script("return document.querySelectorAll('.opblock').length"))
+
+    await asyncio.to_thread(
+        lambda: WebDriverWait(browser, 20, poll_frequency=0.1).until(
+            lambda d: operations(d) >= 30, message="Swagger UI to list the operations"))
+    errors = await asyncio.to_thread(
+        browser.execute_script,
+        "return Array.from(document.querySelectorAll('.errors-wrapper'))"
+        ".map(e => e.textContent)")
+    assert errors == []
