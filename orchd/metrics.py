@@ -173,7 +173,10 @@ class Metrics(Collector):
             if not request.path.startswith("/orchestrator/"):
                 return  # admin, health, docs: not proxy traffic
             endpoint = UNMATCHED
-        key = (endpoint, request.method, status)
+        method = request.method
+        if method not in _METHODS:  # any token is a method: keep the key space bounded
+            method = "OTHER"
+        key = (endpoint, method, status)
         self._requests[key] = self._requests.get(key, 0) + 1
         if endpoint is UNMATCHED:
             return
@@ -196,7 +199,7 @@ class Metrics(Collector):
             window.errors.appendleft({
                 "time": now, "status": status, "kind": kind or _status_class(status),
                 "target": request.get("target"), "request_id": request.get("request_id"),
-                "method": request.method, "path": request.path,
+                "method": method, "path": request.path,
             })
 
     # -- EventBus listener
@@ -230,8 +233,7 @@ class Metrics(Collector):
             labels=("endpoint", "method", "code"))
         merged: dict[tuple[str, str, str], int] = {}
         for (endpoint, method, status), count in self._requests.items():
-            labels = (endpoint, method if method in _METHODS else "OTHER",
-                      _status_class(status))
+            labels = (endpoint, method, _status_class(status))
             merged[labels] = merged.get(labels, 0) + count
         for labels, count in sorted(merged.items()):
             requests.add_metric(labels, count)
