@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import hdrs, web
+from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDictProxy
 from yarl import URL
 
@@ -52,6 +53,11 @@ CHUNK = 64 * 1024
 
 class BodyTooLarge(Exception):
     pass
+
+
+class ClientBodyBroke(Exception):
+    """The client's request body broke off (it went away, or framed it wrongly): not the
+    upstream's fault, so its breaker does not hear of it."""
 
 
 class _UpstreamFailed(Exception):
@@ -214,11 +220,14 @@ class Proxy:
 
     async def _body(self, request: web.Request, limit: int) -> AsyncIterator[bytes]:
         seen = 0
-        async for chunk in request.content.iter_chunked(CHUNK):
-            seen += len(chunk)
-            if seen > limit:
-                raise BodyTooLarge(seen)
-            yield chunk
+        try:
+            async for chunk in request.content.iter_chunked(CHUNK):
+                seen += len(chunk)
+                if seen > limit:
+                    raise BodyTooLarge(seen)
+                yield chunk
+        except (OSError, RequestPayloadError) as exc:
+            raise ClientBodyBroke(f"{type(exc).__name__}: {exc}") from exc
 
     async def _forward(self, request: web.Request, route: Route, segments: list[str],
                        query: str, rid: str, started: float,
@@ -284,6 +293,12 @@ class Proxy:
                 reported = True
                 raise ProblemError(413, "Request body too large",
                                    f"the body is larger than the limit of {max_body} bytes",
+                                   headers=ep_headers) from None
+            except ClientBodyBroke as exc:
+                breaker.release()
+                reported = True
+                raise ProblemError(400, "Request body incomplete",
+                                   f"the client's request body broke off: {exc}",
                                    headers=ep_headers) from None
             except TimeoutError:
                 breaker.failure(f"timeout after {route.spec.timeout:g}s")

@@ -264,3 +264,27 @@ async def test_limits_are_config_keys_and_validated(orchd_factory):
         assert "server.max_connections" in exc.summary()
     else:
         raise AssertionError("max_connections: 0 was accepted")
+
+
+async def test_a_client_leaving_mid_upload_is_not_held_against_the_upstream(
+        orchd_factory, upstream_factory, http):
+    up = await upstream_factory()
+    gw = orchd_factory(base_config(endpoint("echo", up.url),
+                                   circuit_breaker={"failure_threshold": 2}))
+    for i in range(3):
+        _reader, writer = await connect(gw.port)
+        writer.write(b"POST /orchestrator/echo/ HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Length: 100000\r\n\r\n" + b"u" * 1000)
+        await writer.drain()
+        for _ in range(200):  # the upstream has the request: the body is streaming
+            if len(up.requests) > i:
+                break
+            await asyncio.sleep(0.02)
+        assert len(up.requests) == i + 1
+        writer.transport.abort()
+    async with http.get(f"{gw.url}/orchestrator/echo/after") as r:
+        assert r.status == 200, await r.text()
+    async with http.get(f"{gw.url}/health/endpoints/echo") as r:
+        target = (await r.json())["targets"][0]
+    assert target["circuit_breaker"]["state"] == "closed", target
+    assert target["circuit_breaker"]["failure_count"] == 0, target
