@@ -288,3 +288,21 @@ async def test_a_client_leaving_mid_upload_is_not_held_against_the_upstream(
         target = (await r.json())["targets"][0]
     assert target["circuit_breaker"]["state"] == "closed", target
     assert target["circuit_breaker"]["failure_count"] == 0, target
+
+
+async def test_header_timeout_applies_to_each_keep_alive_request(orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url, header_timeout=1))
+    reader, writer = await connect(gw.port)
+    try:
+        for _ in range(3):  # idle gaps between requests are not header time
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            await writer.drain()
+            assert (await read_answer(reader)).status == 200
+            await asyncio.sleep(0.7)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n")  # ... and the rest never comes
+        await writer.drain()
+        answer = await read_answer(reader)
+    finally:
+        writer.close()
+    assert answer.status == 408, answer.head
