@@ -31,6 +31,7 @@ from orchd.router import PREFIX, PathError, Route, map_path
 from orchd.state import GatewayState
 from orchd.target import Target
 from orchd.upstream import UpstreamBroke, UpstreamConnectError, UpstreamPool, UpstreamResponse
+from orchd.upstream_policy import UpstreamPolicy
 
 __all__ = ("HOP_BY_HOP", "BodyTooLarge", "Proxy")
 
@@ -116,9 +117,14 @@ class Proxy:
         self.state = state
         self.session = session  # WebSocket upgrades
         self.upstream = pool or UpstreamPool()  # every other request: see orchd/upstream.py
+        self.upstream.check_address = self._address_allowed
         self.budget = budget or RetryBudget()
         self.in_flight = 0
         self.streams = InFlight()  # by endpoint: a reload that removes one cuts them late
+
+    def _address_allowed(self, ip: str) -> str | None:
+        """server.allowed_upstreams at connect time: names are checked where they lead."""
+        return UpstreamPolicy(self.state.config.server.allowed_upstreams).check_address(ip)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import errno
 import ssl
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Final, cast
 
 import httptools
@@ -358,6 +359,8 @@ class UpstreamPool:
         self._last_sweep = time.monotonic()
         self._closed = False
         self.opened = 0  # connections opened so far (tests and the benchmark read it)
+        # Asked with the address each new connection reached: a reason refuses it.
+        self.check_address: Callable[[str], str | None] | None = None
 
     def origin_for(self, url: str) -> _Origin:
         """The origin of an upstream base URL (``http://host:port/base``), cached by URL."""
@@ -478,7 +481,7 @@ class UpstreamPool:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                _transport, conn = await loop.create_connection(
+                transport, conn = await loop.create_connection(
                     lambda: _Connection(origin), origin.host, origin.port, ssl=origin.ssl,
                     server_hostname=origin.server_hostname)
         except OSError as exc:
@@ -486,6 +489,11 @@ class UpstreamPool:
                 raise
             raise UpstreamConnectError(exc.errno, exc.strerror or str(exc)) from exc
         self.opened += 1
+        peer = transport.get_extra_info("peername") if self.check_address else None
+        why = self.check_address(str(peer[0])) if self.check_address and peer else None
+        if why is not None:
+            conn.close()
+            raise UpstreamConnectError(errno.EACCES, f"{origin.host} resolved to {why}")
         return conn
 
     def put_back(self, conn: _Connection) -> None:

@@ -104,6 +104,27 @@ class UpstreamPolicy:
         self.rules = parse_rules(rules)
         self._has_allow = any(not r.deny for r in self.rules)
 
+    def check_address(self, ip: str) -> str | None:
+        """At connect time: None when orchd may talk to ``ip``, else why not.
+
+        A host name passes ``check`` as written, whatever it resolves to; this catches a
+        name that resolves to a denied address (DNS rebinding included). Only deny rules
+        and the built-in denials apply here: the allow list names hosts, not addresses.
+        """
+        address = host_address(ip)
+        if address is None:
+            return None
+        for rule in self.rules:
+            if rule.deny and rule.network is not None and rule.matches(ip, address):
+                return f"{address} is denied by the rule {rule.text!r} of server.allowed_upstreams"
+        for net in BUILTIN_DENIED:
+            if address.version == net.version and address in net and not any(
+                    not r.deny and r.network is not None and r.network.version == net.version
+                    and r.network.subnet_of(net) and address in r.network  # type: ignore[arg-type]
+                    for r in self.rules):
+                return f"{address} is link-local, denied by the built-in rule '!{net}'"
+        return None
+
     def check(self, url: str) -> str | None:
         """None when ``url`` may be used; else why not, naming the rule."""
         try:

@@ -104,3 +104,17 @@ async def test_orchd_refuses_to_start_with_a_file_pointing_at_metadata(orchd_fac
     assert gw.proc is not None
     assert gw.proc.wait(20) == 1
     assert "endpoints[0].url" in gw.log() and "169.254.0.0/16" in gw.log()
+
+
+async def test_a_name_that_resolves_to_a_denied_address_is_refused_at_connect(
+        orchd_factory, upstream_factory, http):
+    # A host name passes the registration check as written; where it leads is checked when
+    # orchd connects (here "localhost" leads to a denied loopback address).
+    up = await upstream_factory()
+    gw = orchd_factory(base_config(server={"allowed_upstreams": ["!127.0.0.1", "!::1"]}))
+    status, body = await _register(http, gw, "byname", f"http://localhost:{up.port}")
+    assert status == 201, body
+    async with http.get(f"{gw.url}/orchestrator/byname/x") as r:
+        assert r.status == 502
+        assert "denied by the rule" in (await r.json())["detail"]
+    assert up.requests == []
