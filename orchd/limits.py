@@ -12,6 +12,8 @@ what an edge proxy (nginx, HAProxy, Envoy) has:
 * ``server.body_timeout``: a request body must advance by ``BODY_PROGRESS`` bytes (or end)
   within every such window, unless orchd itself is the one not reading; else the request
   fails with 408 -- slow POST;
+* ``server.send_timeout``: a client that reads nothing of its answer for that long (the
+  socket's send buffer stays full) is disconnected -- slow read;
 * ``server.max_connections``: beyond it, the oldest connection with no request in progress
   (idle keep-alive, or still sending its headers) is closed to make room; when there is
   none, the new connection is answered 503 and closed;
@@ -68,7 +70,7 @@ class GuardedHandler(RequestHandler):
     """One client connection with header and body deadlines and size limits."""
 
     __slots__ = ("_awaiting_head", "_body", "_body_handle", "_body_mark", "_guard",
-                 "_head_bytes", "_head_handle", "_limits", "_line")
+                 "_head_bytes", "_head_handle", "_limits", "_line", "_send_handle")
 
     def __init__(self, manager: GuardedServer, limits: ServerSettings, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -80,6 +82,7 @@ class GuardedHandler(RequestHandler):
         self._head_handle: asyncio.TimerHandle | None = None
         self._body_handle: asyncio.TimerHandle | None = None
         self._body: Any = None  # the StreamReader of the request whose body is arriving
+        self._send_handle: asyncio.TimerHandle | None = None
         self._body_mark = 0
 
     # -- connection
@@ -272,7 +275,32 @@ class GuardedHandler(RequestHandler):
             self._body_handle.cancel()
             self._body_handle = None
 
+    # -- a client that does not read what it asked for
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_handle is None:
+            self._send_handle = self._loop.call_later(self._limits.send_timeout,
+                                                      self._send_expired)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._send_handle is not None:
+            self._send_handle.cancel()
+            self._send_handle = None
+
+    def _send_expired(self) -> None:
+        self._send_handle = None
+        server_logger.info("closing a connection from %s: it read nothing of the answer "
+                           "for %gs", self._peer(), self._limits.send_timeout)
+        transport = self.transport
+        if transport is not None:
+            transport.abort()  # the writer waiting on it fails; the upstream is let go
+
     def _cancel_timers(self) -> None:
+        if self._send_handle is not None:
+            self._send_handle.cancel()
+            self._send_handle = None
         self._cancel_head()
         if self._body_handle is not None:
             self._body_handle.cancel()

@@ -44,6 +44,7 @@ class ServerSettings:
     metrics: bool = True
     header_timeout: float = 10.0
     body_timeout: float = 30.0
+    send_timeout: float = 60.0
     max_connections: int = 4096
     max_header_count: int = 100
     max_header_size: int = 32768

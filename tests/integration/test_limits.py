@@ -306,3 +306,40 @@ async def test_header_timeout_applies_to_each_keep_alive_request(orchd_factory, 
     finally:
         writer.close()
     assert answer.status == 408, answer.head
+
+
+async def test_a_client_that_reads_nothing_is_disconnected_and_the_upstream_let_go(
+        orchd_factory, upstream_factory):
+    from aiohttp import web
+
+    finished = asyncio.Event()
+    sent = [0]
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse()
+        await resp.prepare(request)
+        try:
+            for _ in range(20000):  # bounded: 1.3 GB, far more than the buffers hold
+                await resp.write(b"r" * 65536)
+                sent[0] += 65536
+        except ConnectionError:
+            pass
+        finally:
+            finished.set()
+        return resp
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", endless)
+    up = await upstream_factory(app)
+    gw = orchd_factory(limited(up.url, send_timeout=1))
+    reader, writer = await connect(gw.port)
+    try:
+        writer.write(b"GET /orchestrator/echo/big HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        # The client reads nothing: orchd's buffers fill, then it must let go of both sides.
+        await asyncio.wait_for(finished.wait(), 30)
+        assert sent[0] < 1024**3
+        with contextlib.suppress(ConnectionError):
+            await wait_closed_by_peer(reader, 30)
+    finally:
+        writer.close()
