@@ -30,7 +30,7 @@ def test_admin_api_under_fuzzing_never_fails_with_a_server_error(orchd_factory, 
     cmd = [
         str(st), "run", f"{gw.url}/openapi.json",
         "--checks", "not_a_server_error,content_type_conformance",
-        "--phases", "fuzzing,stateful", "--max-examples", "50", "--seed", "3",
+        "--phases", "fuzzing,stateful", "--max-examples", "25", "--seed", "3",
         "--workers", "1", "--generation-database", "none", "--request-timeout", "10",
         "--exclude-path-regex", r"^/(orchestrator|events|control|docs)",
         "-H", f"Authorization: Bearer {TOKEN}", "--no-color", "--report-dir", str(tmp_path),
@@ -41,7 +41,7 @@ def test_admin_api_under_fuzzing_never_fails_with_a_server_error(orchd_factory, 
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     counts = re.search(r"(\d+) generated, (\d+) passed", out)
-    assert counts and int(counts.group(1)) > 500, out[-3000:]
+    assert counts and int(counts.group(1)) > 300, out[-3000:]
     assert counts.group(1) == counts.group(2), out[-3000:]
     assert gw.proc is not None and gw.proc.poll() is None
     assert "Traceback" not in gw.log(), gw.log()[-3000:]
