@@ -39,7 +39,13 @@ async def read_json(request: web.Request, *, required: bool = True) -> Any:
         raise ProblemError(413, "Request body too large",
                            f"the body is {request.content_length} bytes; "
                            f"the limit for admin calls is {MAX_JSON_BODY}")
-    raw = await request.content.read(MAX_JSON_BODY + 1)
+    # read(n) returns what has arrived so far: a body split over packets needs a loop.
+    raw = b""
+    while len(raw) <= MAX_JSON_BODY:
+        chunk = await request.content.read(MAX_JSON_BODY + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
     if len(raw) > MAX_JSON_BODY:
         raise ProblemError(413, "Request body too large",
                            f"the limit for admin calls is {MAX_JSON_BODY} bytes")

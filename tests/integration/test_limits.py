@@ -343,3 +343,36 @@ async def test_a_client_that_reads_nothing_is_disconnected_and_the_upstream_let_
             await wait_closed_by_peer(reader, 30)
     finally:
         writer.close()
+
+
+async def test_a_slow_admin_body_is_cut_with_408(orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url, body_timeout=1))
+    reader, writer = await connect(gw.port)
+    try:
+        writer.write(b"POST /registry/endpoints HTTP/1.1\r\nHost: x\r\n"
+                     b"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{")
+        await writer.drain()
+        answer = await read_answer(reader, timeout=15)
+    finally:
+        writer.close()
+    assert answer.status == 408, answer.head
+    assert json.loads(answer.body)["title"] == "Request body too slow"
+
+
+async def test_an_admin_body_split_across_packets_is_read_whole(orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url))
+    body = json.dumps({"config": {"name": "split", "url": up.url}}).encode()
+    reader, writer = await connect(gw.port)
+    try:
+        writer.write(b"POST /registry/endpoints HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
+        await writer.drain()
+        await asyncio.sleep(0.3)  # the rest comes in a later packet
+        writer.write(body[10:])
+        await writer.drain()
+        answer = await read_answer(reader)
+    finally:
+        writer.close()
+    assert answer.status == 201, answer.body
