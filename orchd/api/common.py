@@ -10,7 +10,7 @@ from aiohttp import web
 from orchd.errors import ProblemError
 from orchd.state import STATE, GatewayState, stamp
 
-__all__ = ("get_state", "json_answer", "read_json", "stamped")
+__all__ = ("get_state", "json_answer", "read_body", "read_json", "stamped")
 
 MAX_JSON_BODY = 1024 * 1024
 
@@ -33,19 +33,26 @@ def stamped(data: dict[str, Any], status: int = 200) -> web.Response:
     return json_answer(stamp(data), status)
 
 
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, or its first ``limit + 1`` bytes when it is longer (the caller
+    answers 413). ``read(n)`` returns what has arrived so far, so it is called in a loop:
+    a body split over several packets is read whole."""
+    raw = b""
+    while len(raw) <= limit:
+        chunk = await request.content.read(limit + 1 - len(raw))
+        if not chunk:
+            break
+        raw += chunk
+    return raw
+
+
 async def read_json(request: web.Request, *, required: bool = True) -> Any:
     """The request's JSON body; a problem answer names what is wrong with it."""
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
         raise ProblemError(413, "Request body too large",
                            f"the body is {request.content_length} bytes; "
                            f"the limit for admin calls is {MAX_JSON_BODY}")
-    # read(n) returns what has arrived so far: a body split over packets needs a loop.
-    raw = b""
-    while len(raw) <= MAX_JSON_BODY:
-        chunk = await request.content.read(MAX_JSON_BODY + 1 - len(raw))
-        if not chunk:
-            break
-        raw += chunk
+    raw = await read_body(request, MAX_JSON_BODY)
     if len(raw) > MAX_JSON_BODY:
         raise ProblemError(413, "Request body too large",
                            f"the limit for admin calls is {MAX_JSON_BODY} bytes")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from orchd.api.common import get_state, json_answer, stamped
+from orchd.api.common import get_state, json_answer, read_body, stamped
 from orchd.errors import ConfigError, ProblemError
 from orchd.loader import parse_config
 from orchd.router import PREFIX, PathError, map_path
@@ -45,7 +45,7 @@ async def status(request: web.Request) -> web.Response:
 
 @routes.post("/config/validate")
 async def validate(request: web.Request) -> web.Response:
-    raw = await request.content.read(MAX_CONFIG_BODY + 1)
+    raw = await read_body(request, MAX_CONFIG_BODY)
     if len(raw) > MAX_CONFIG_BODY:
         raise ProblemError(413, "Request body too large",
                            f"a configuration document is limited to {MAX_CONFIG_BODY} bytes")

@@ -376,3 +376,24 @@ async def test_an_admin_body_split_across_packets_is_read_whole(orchd_factory, u
     finally:
         writer.close()
     assert answer.status == 201, answer.body
+
+
+async def test_a_config_document_split_across_packets_is_validated_whole(
+        orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url))
+    doc = "endpoints:\n" + "".join(f"  - name: e{i}\n    url: {up.url}\n" for i in range(50))
+    body = doc.encode()
+    reader, writer = await connect(gw.port)
+    try:
+        writer.write(b"POST /config/validate HTTP/1.1\r\nHost: x\r\nContent-Type: "
+                     b"application/yaml\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:100])
+        await writer.drain()
+        await asyncio.sleep(0.3)
+        writer.write(body[100:])
+        await writer.drain()
+        answer = await read_answer(reader)
+    finally:
+        writer.close()
+    assert answer.status == 200, answer.body
+    assert json.loads(answer.body)["endpoints_count"] == 50
