@@ -98,6 +98,15 @@ class FaultyUpstream:
                 w.write(b"e" * 65536)
                 await w.drain()
             return False
+        if path == "/cl-and-te":  # ambiguous framing: a desync if passed on
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked"
+                    b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
+            await w.drain()
+            return False
+        if path == "/duplicate-cl":
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello!!")
+            await w.drain()
+            return False
         if path == "/bad-chunk":
             w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
                     b"zz\r\nxx\r\n0\r\n\r\n")
@@ -165,7 +174,8 @@ async def test_faults_get_clear_answers_and_resources_return(orchd_factory, faul
     for _ in range(3):  # several rounds: a leak per fault would add up
         async with aiohttp.ClientSession() as s:
             for path in ("garbage", "reset-before-head", "reset-mid-body", "short-body-close",
-                         "short-body-silent", "silent", "endless-header", "bad-chunk"):
+                         "short-body-silent", "silent", "endless-header", "bad-chunk",
+                         "cl-and-te", "duplicate-cl"):
                 results[path] = await _get(s, f"{base}/{path}")
             results["endless-body"] = await _get(s, f"{base}/endless-body",
                                                  read_limit=8 * 1024 * 1024)
@@ -178,6 +188,8 @@ async def test_faults_get_clear_answers_and_resources_return(orchd_factory, faul
         "silent": (504, "complete"),
         "endless-header": (502, "complete"),
         "bad-chunk": (200, "cut"),
+        "cl-and-te": (502, "complete"),
+        "duplicate-cl": (502, "complete"),
         "endless-body": (200, "enough"),
     }, results
 
