@@ -104,7 +104,7 @@ def gateway(orchd_factory):
 
 def test_registry_api_matches_a_model(gateway: Orchd) -> None:
     Registry.gw = gateway
-    Registry.TestCase.settings = settings(max_examples=5, stateful_step_count=10,
+    Registry.TestCase.settings = settings(max_examples=4, stateful_step_count=10,
                                           deadline=None,
                                           suppress_health_check=list(HealthCheck))
     Registry.TestCase().runTest()
