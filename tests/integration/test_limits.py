@@ -160,15 +160,15 @@ async def test_slow_body_is_cut_with_408_and_the_upstream_request_aborted(
 
 async def test_a_body_that_keeps_a_steady_pace_is_not_cut(orchd_factory, upstream_factory):
     up = await upstream_factory()
-    gw = orchd_factory(limited(up.url, body_timeout=1))
+    gw = orchd_factory(limited(up.url, body_timeout=1.5))
     reader, writer = await connect(gw.port)
     try:
         writer.write(b"POST /orchestrator/echo/ HTTP/1.1\r\nHost: x\r\n"
                      b"Content-Length: 30000\r\n\r\n")
-        for _ in range(10):  # 3000 bytes every 0.2 s for 2 s: twice the body_timeout
+        for _ in range(10):  # 3000 bytes every 0.3 s for 3 s: twice the body_timeout
             writer.write(b"z" * 3000)
             await writer.drain()
-            await asyncio.sleep(0.2)
+            await asyncio.sleep(0.3)
         answer = await read_answer(reader)
     finally:
         writer.close()
