@@ -17,6 +17,7 @@ from tests.support import IN_CI, base_config, free_port
 TOKEN = "fuzz-admin-token"
 
 
+@pytest.mark.slow
 def test_admin_api_under_fuzzing_never_fails_with_a_server_error(orchd_factory, tmp_path):
     st = Path(sys.executable).parent / "st"
     if not st.exists():

@@ -10,6 +10,7 @@ import asyncio
 import json
 
 import aiohttp
+import pytest
 
 from tests.support import Orchd, base_config
 
@@ -27,6 +28,7 @@ async def _register(s: aiohttp.ClientSession, gw: Orchd, name: str, url: str) ->
         return 0  # cut by the kill: unknown outcome, may or may not be stored
 
 
+@pytest.mark.slow
 async def test_kill_9_during_a_registration_burst_loses_no_acknowledged_one(orchd_factory):
     gw = orchd_factory(base_config())
     acknowledged: set[str] = set()
