@@ -34,6 +34,9 @@ _SECRET_PATTERNS = (
                r"api[_-]?key|admin_token|password)(['\"]?\s*[:=]\s*['\"]?)[^'\"\s,;}]+"),
     re.compile(r"(://[^/\s:@]+)(:)[^/\s@]+(?=@)"),  # a password in a URL
 )
+# One search that every pattern above needs to match first: most lines (every access line)
+# contain none of these, and skip the three substitutions.
+_SECRET_HINT = re.compile(r"(?i)bearer|basic|digest|auth|cookie|api[_-]?key|token|password|@")
 
 
 class RedactingFilter(logging.Filter):
@@ -53,8 +56,9 @@ class RedactingFilter(logging.Filter):
         for secret in self.secrets:
             if secret in clean:
                 clean = clean.replace(secret, _REDACTED)
-        for pattern in _SECRET_PATTERNS:
-            clean = pattern.sub(rf"\1\2{_REDACTED}", clean)
+        if _SECRET_HINT.search(clean) is not None:
+            for pattern in _SECRET_PATTERNS:
+                clean = pattern.sub(rf"\1\2{_REDACTED}", clean)
         if clean != message:
             record.msg, record.args = clean, None
         return True
