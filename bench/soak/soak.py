@@ -124,9 +124,10 @@ class Tally:
         self.requests = 0
         self.causes: collections.Counter[str] = collections.Counter()
 
-    def outcome(self, kind: str, status: int, expected: int) -> None:
+    def outcome(self, kind: str, status: int, expected: int | tuple[int, ...]) -> None:
         self.requests += 1
-        if status != expected:
+        allowed = expected if isinstance(expected, tuple) else (expected,)
+        if status not in allowed:
             self.causes[f"{kind}: HTTP {status} (expected {expected})"] += 1
 
     def error(self, kind: str, exc: BaseException) -> None:
@@ -135,9 +136,12 @@ class Tally:
 
 
 async def worker(n: int, base: str, until: float, tally: Tally) -> None:
-    plan = [("normal", "GET", "app/x?i=1", 200), ("normal", "POST", "app/post", 200),
-            ("normal", "GET", "app/y", 200), ("failing", "GET", "fail", 500),
-            ("failing", "GET", "dead", 502), ("slow", "GET", "slow", 200),
+    # The failing endpoints open their breakers once failure_threshold (10,000) failures in
+    # a row are reached: 503 is then their designed answer.
+    plan: list[tuple[str, str, str, int | tuple[int, ...]]] = [
+            ("normal", "GET", "app/x?i=1", 200), ("normal", "POST", "app/post", 200),
+            ("normal", "GET", "app/y", 200), ("failing", "GET", "fail", (500, 503)),
+            ("failing", "GET", "dead", (502, 503)), ("slow", "GET", "slow", 200),
             ("streaming", "GET", "stream", 200), ("normal", "GET", "app/z", 200),
             ("sse-cut", "GET", "trickle", 200)]
     timeout = aiohttp.ClientTimeout(total=30)
