@@ -260,6 +260,10 @@ class Daemon:
         parent = path.parent
         if not parent.exists():
             parent.mkdir(parents=True, mode=0o750)
+        elif parent.stat().st_mode & 0o007:
+            server_logger.warning("the control socket's directory %s is open to others (mode "
+                                  "%03o): make it 0750 so only orchd's group reaches the socket",
+                                  parent, stat.S_IMODE(parent.stat().st_mode))
         _check_socket_path(path)
         old_umask = os.umask(0o117)
         try:
