@@ -421,8 +421,11 @@ class ChangeConsumer:
         running = state.config.server
         restart = [f"server.{k}" for k in running.RESTART_KEYS
                    if getattr(config.server, k) != getattr(started, k)]
+        if config.registry != state.config.registry:  # the store is opened once, at start
+            restart.append("registry")
         kept = {k: getattr(running, k) for k in running.RESTART_KEYS}
-        config = replace(config, server=replace(config.server, **kept))
+        config = replace(config, server=replace(config.server, **kept),
+                         registry=state.config.registry)
         if self.log_level_override is not None:  # --log-level / LOG_LEVEL win over the file
             config = replace(config, log_level=self.log_level_override)
         diff = state.registry.set_config_endpoints(config.endpoints, config.circuit_breaker)

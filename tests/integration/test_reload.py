@@ -213,13 +213,15 @@ async def test_restart_only_settings_are_reported_not_applied(orchd_factory, ups
     cfg = base_config(endpoint("alpha", up), endpoint("beta", up),
                       server={"port": new_port, "host": "127.0.0.2",
                               "control_socket": str(daemon.dir / "other.sock"),
-                              "state_dir": str(daemon.dir / "elsewhere")})
+                              "state_dir": str(daemon.dir / "elsewhere")},
+                      registry={"store": "etcd", "etcd": {"endpoints": ["http://127.0.0.1:1"]}})
     daemon.write_config(cfg)
     await wait_names(http, daemon, {"alpha", "beta"})
     last = (await config_status(http, daemon))["last_reload"]
     assert last["ok"] is True
     assert set(last["restart_required"]) == {"server.port", "server.host",
-                                             "server.control_socket", "server.state_dir"}
+                                             "server.control_socket", "server.state_dir",
+                                             "registry"}
     # Still on the old address, socket and state directory.
     assert await proxied_status(http, daemon, "beta") == 200
     assert daemon.socket.exists() and not (daemon.dir / "other.sock").exists()
