@@ -51,6 +51,9 @@ from orchd.watcher import ChangeConsumer, Reload, SyncFromStore, read_config
 
 __all__ = ("Daemon", "StartupError")
 
+# Seconds idle keep-alive connections stay open after the listeners close (see _linger).
+LINGER = 1.5
+
 
 class StartupError(Exception):
     """orchd cannot start; the message says why."""
@@ -370,8 +373,10 @@ class Daemon:
             if runner is not control:
                 for site in list(runner.sites):
                     await site.stop()
-        await asyncio.gather(*(self._drain(r, timeout) for r in self._runners
-                               if r is not control))
+        lingered = await self._linger([r for r in self._runners if r is not control],
+                                      min(LINGER, timeout / 2))
+        await asyncio.gather(*(self._drain(r, max(timeout - lingered, 0.0))
+                               for r in self._runners if r is not control))
         if control is not None:
             await self._drain(control, min(timeout, 1.0))
         if self._socket_path is not None and self._handed_over is None:
@@ -397,6 +402,19 @@ class Daemon:
             server_logger.info("stopped; pid %d serves on", self._handed_over)
         else:
             server_logger.info("stopped")
+
+    async def _linger(self, runners: list[web.BaseRunner], limit: float) -> float:
+        """Keep idle keep-alive connections open for up to ``limit`` seconds after the
+        listeners closed, answering with ``Connection: close``: a client that picks a pooled
+        connection just then is answered instead of finding it closed under its request.
+        Returns the seconds spent."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        while loop.time() - started < limit and not self._force.is_set():
+            if not any(r.server is not None and r.server.connections for r in runners):
+                break
+            await asyncio.sleep(0.05)
+        return loop.time() - started
 
     async def _drain(self, runner: web.BaseRunner, timeout: float) -> None:
         """Close the runner's listeners, let in-flight requests finish within ``timeout``

@@ -369,6 +369,8 @@ class Proxy:
             resp.headers["X-Request-ID"] = rid
             resp.headers["X-Endpoint-ID"] = route.name
             resp.headers["X-Response-Time"] = f"{elapsed * 1000:.2f}ms"
+            if self.state.stopping:  # draining: the client should not reuse this connection
+                resp.force_close()
             try:
                 await resp.prepare(request)
                 if method != "HEAD" and status not in (204, 304):
