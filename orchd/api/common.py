@@ -46,8 +46,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return raw
 
 
-async def read_json(request: web.Request, *, required: bool = True) -> Any:
-    """The request's JSON body; a problem answer names what is wrong with it."""
+async def read_json(request: web.Request, *, required: bool = True, absent: Any = None) -> Any:
+    """The request's JSON body; a problem answer names what is wrong with it. With
+    ``required=False`` an empty body reads as ``absent``."""
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
         raise ProblemError(413, "Request body too large",
                            f"the body is {request.content_length} bytes; "
@@ -59,7 +60,7 @@ async def read_json(request: web.Request, *, required: bool = True) -> Any:
     if not raw.strip():
         if required:
             raise ProblemError(400, "Missing body", "this call needs a JSON body")
-        return None
+        return absent
     try:
         return json.loads(raw)
     except UnicodeDecodeError:

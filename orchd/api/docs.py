@@ -167,8 +167,9 @@ def _paths() -> dict[str, Any]:
         "schema": _ref("Registration"),
         "example": {"config": {"name": "user_service", "url": "http://127.0.0.1:9001/api",
                                "methods": ["GET", "POST"]}}}}}
-    target_body = {"required": False, "content": {"application/json": {"schema": _obj(
-        {"url": {"type": "string", "description": "Limit the change to this target."}})}}}
+    target_body = {"required": False, "content": {"application/json": {"schema": {
+        **_obj({"url": {"type": "string", "description": "Limit the change to this target."}}),
+        "additionalProperties": False}}}}
     change = _json(_ref("ChangeResult"))
     query = [
         {"name": "status", "in": "query", "schema": {

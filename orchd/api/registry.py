@@ -17,6 +17,7 @@ __all__ = ("routes",)
 
 routes = web.RouteTableDef()
 
+_NO_BODY = object()
 _STATUSES = ("active", "disabled", "unhealthy", "draining", "inactive")
 
 
@@ -135,23 +136,27 @@ async def set_status(request: web.Request) -> web.Response:
     state = get_state(request)
     name = request.match_info["id"]
     status = request.query.get("status")
-    if status is None:
-        body = await read_json(request)
+    body = await read_json(request, required=status is None, absent=_NO_BODY)
+    if body is not _NO_BODY:  # a body is checked even when ?status= is given too
         if not isinstance(body, dict) or not isinstance(body.get("status"), str):
             message = 'the body must be {"status": "active"} or {"status": "disabled"}'
             raise ConfigError([FieldError("status", message)])
         extra = sorted(set(body) - {"status"})
         if extra:
             raise ConfigError([FieldError(extra[0], f"unknown key {extra[0]!r}")])
+        if status is not None and body["status"] != status:
+            raise ConfigError([FieldError("status", f"the body says {body['status']!r} and "
+                                                    f"the query says {status!r}")])
         status = body["status"]
+    assert status is not None
     assert state.changes is not None
     result = await state.changes.submit(SetStatus(name, status))
     return stamped({"success": True, "message": f"endpoint {name!r} is {status}", **result})
 
 
 async def _target_body(request: web.Request) -> str | None:
-    body = await read_json(request, required=False)
-    if body is None:
+    body = await read_json(request, required=False, absent=_NO_BODY)
+    if body is _NO_BODY:
         return None
     if not isinstance(body, dict):
         raise ConfigError([FieldError("", "the body must be an object such as {\"url\": ...}")])

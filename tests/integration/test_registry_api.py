@@ -303,6 +303,9 @@ async def test_status_body_and_query(env: Env, http: aiohttp.ClientSession) -> N
         assert r.status == 200
     await problem(http, "PUT", url, 422, json={"status": "sleeping"})
     await problem(http, "PUT", f"{url}?status=sleeping", 422)
+    # with ?status= a body is still checked: a bad one or one that disagrees is refused
+    await problem(http, "PUT", f"{url}?status=active", 422, json={"status": 5})
+    await problem(http, "PUT", f"{url}?status=active", 422, json={"status": "disabled"})
     await problem(http, "PUT", url, 422, json={"state": "active"})
     await problem(http, "PUT", url, 400, data=b"{{", headers={"Content-Type": "application/json"})
     await problem(http, "PUT", env.api("/registry/endpoints/ghost/status"), 404,
@@ -325,6 +328,9 @@ async def test_drain_and_enable(env: Env, http: aiohttp.ClientSession) -> None:
         assert r.status == 503
     status, body, _ = await call(http, "POST", env.api("/registry/endpoints/drainme/enable"))
     assert status == 200 and body["targets"][0]["admin_state"] == "active"
+    # an explicit JSON null is not "no body"
+    await problem(http, "POST", env.api("/registry/endpoints/drainme/enable"), 422,
+                  data=b"null", headers={"Content-Type": "application/json"})
     async with http.get(env.proxy("drainme/x")) as r:
         assert r.status == 200
     await problem(http, "POST", env.api("/registry/endpoints/drainme/drain"), 404,
