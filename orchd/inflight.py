@@ -11,8 +11,7 @@ the endpoint is back in the routing table by then, nothing is cut.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 from orchd.log import proxy_logger
 from orchd.router import RoutingTable
@@ -37,20 +36,10 @@ class InFlight:
             task.cancel()
         return cut
 
-    @contextlib.contextmanager
-    def track(self, endpoint: str, cut: Callable[[], None]) -> Iterator[None]:
-        """Register one request for its lifetime; ``cut`` ends it if its endpoint goes."""
-        key = endpoint
-        token = object()
-        self._open.setdefault(key, {})[token] = cut
-        try:
-            yield
-        finally:
-            entries = self._open.get(key)
-            if entries is not None:
-                entries.pop(token, None)
-                if not entries:
-                    del self._open[key]
+    def track(self, endpoint: str, cut: Callable[[], None]) -> _Tracked:
+        """Register one request for its lifetime (``with``); ``cut`` ends it if its endpoint
+        goes. A plain class, not a generator: it runs once per proxied request."""
+        return _Tracked(self._open, endpoint, cut)
 
     def count(self, endpoint: str | None = None) -> int:
         return sum(len(v) for k, v in self._open.items() if endpoint in (None, k))
@@ -80,3 +69,24 @@ class InFlight:
         for timer in self._timers.values():
             timer.cancel()
         self._timers.clear()
+
+
+class _Tracked:
+    __slots__ = ("_cut", "_endpoint", "_open")
+
+    def __init__(self, open_: dict[str, dict[object, Callable[[], None]]], endpoint: str,
+                 cut: Callable[[], None]) -> None:
+        self._open, self._endpoint, self._cut = open_, endpoint, cut
+
+    def __enter__(self) -> None:
+        entries = self._open.get(self._endpoint)
+        if entries is None:
+            entries = self._open[self._endpoint] = {}
+        entries[self] = self._cut
+
+    def __exit__(self, *exc: object) -> None:
+        entries = self._open.get(self._endpoint)
+        if entries is not None:
+            entries.pop(self, None)
+            if not entries:
+                del self._open[self._endpoint]

@@ -119,7 +119,6 @@ class Proxy:
         self.upstream = pool or UpstreamPool()  # every other request: see orchd/upstream.py
         self.upstream.check_address = self._address_allowed
         self.budget = budget or RetryBudget()
-        self.in_flight = 0
         self.streams = InFlight()  # by endpoint: a reload that removes one cuts them late
 
     def _address_allowed(self, ip: str) -> str | None:
@@ -174,12 +173,7 @@ class Proxy:
             if (request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
                     and method == "GET"):
                 return await self._websocket(request, route, segments, query, rid)
-            self.in_flight += 1
-            try:
-                return await self._forward(request, route, segments, query, rid, started,
-                                           max_body)
-            finally:
-                self.in_flight -= 1
+            return await self._forward(request, route, segments, query, rid, started, max_body)
 
     def _pick(self, route: Route, tried: set[Target]) -> Target:
         target = choose(route, tried)
