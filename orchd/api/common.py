@@ -9,14 +9,22 @@ from aiohttp import web
 
 from orchd.errors import ProblemError
 from orchd.state import STATE, GatewayState, stamp
+from orchd.watcher import Change
 
-__all__ = ("get_state", "json_answer", "read_body", "read_json", "stamped")
+__all__ = ("get_state", "json_answer", "read_body", "read_json", "stamped", "submit")
 
 MAX_JSON_BODY = 1024 * 1024
 
 
 def get_state(request: web.Request) -> GatewayState:
     return request.app[STATE]
+
+
+async def submit(request: web.Request, change: Change) -> Any:
+    """Hand a change to the one change consumer and wait for its result (or its problem)."""
+    changes = get_state(request).changes
+    assert changes is not None, "the change consumer is built before the apps serve"
+    return await changes.submit(change)
 
 
 def _dumps(data: Any) -> str:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from orchd.api.common import get_state, json_answer, read_body, stamped
+from orchd.api.common import get_state, json_answer, read_body, stamped, submit
 from orchd.errors import ConfigError, ProblemError
 from orchd.loader import parse_config
 from orchd.router import PREFIX, PathError, map_path
@@ -19,9 +19,7 @@ MAX_CONFIG_BODY = 4 * 1024 * 1024
 
 @routes.post("/config/reload")
 async def reload(request: web.Request) -> web.Response:
-    state = get_state(request)
-    assert state.changes is not None
-    result = await state.changes.submit(Reload("api"))
+    result = await submit(request, Reload("api"))
     if not result["ok"]:
         raise ProblemError(422, "Reload failed", result["error"],
                            extra={"errors": result["errors"], "ok": False})

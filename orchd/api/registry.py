@@ -6,7 +6,7 @@ from typing import Any
 
 from aiohttp import web
 
-from orchd.api.common import get_state, read_json, stamped
+from orchd.api.common import get_state, read_json, stamped, submit
 from orchd.errors import ConfigError, FieldError, ProblemError
 from orchd.loader import validate_registration
 from orchd.router import Route
@@ -90,11 +90,9 @@ async def list_endpoints(request: web.Request) -> web.Response:
 
 @routes.post("/registry/endpoints")
 async def register(request: web.Request) -> web.Response:
-    state = get_state(request)
     body = await read_json(request)
     spec = validate_registration(body)
-    assert state.changes is not None
-    result = await state.changes.submit(Register(spec))
+    result = await submit(request, Register(spec))
     return stamped({"success": True,
                     "message": f"endpoint {spec.name!r} registered",
                     **result}, 201)
@@ -110,30 +108,25 @@ async def get_endpoint(request: web.Request) -> web.Response:
 
 @routes.put("/registry/endpoints/{id}")
 async def replace(request: web.Request) -> web.Response:
-    state = get_state(request)
     name = request.match_info["id"]
     body = await read_json(request)
     spec = validate_registration(body)
     if spec.name != name:
         raise ConfigError([FieldError("config.name",
                                       f"{spec.name!r} does not match the path's {name!r}")])
-    assert state.changes is not None
-    result = await state.changes.submit(Replace(spec))
+    result = await submit(request, Replace(spec))
     return stamped({"success": True, "message": f"endpoint {name!r} replaced", **result})
 
 
 @routes.delete("/registry/endpoints/{id}")
 async def remove(request: web.Request) -> web.Response:
-    state = get_state(request)
     name = request.match_info["id"]
-    assert state.changes is not None
-    result = await state.changes.submit(Remove(name))
+    result = await submit(request, Remove(name))
     return stamped({"success": True, "message": f"endpoint {name!r} removed", **result})
 
 
 @routes.put("/registry/endpoints/{id}/status")
 async def set_status(request: web.Request) -> web.Response:
-    state = get_state(request)
     name = request.match_info["id"]
     status = request.query.get("status")
     body = await read_json(request, required=status is None, absent=_NO_BODY)
@@ -149,8 +142,7 @@ async def set_status(request: web.Request) -> web.Response:
                                                     f"the query says {status!r}")])
         status = body["status"]
     assert status is not None
-    assert state.changes is not None
-    result = await state.changes.submit(SetStatus(name, status))
+    result = await submit(request, SetStatus(name, status))
     return stamped({"success": True, "message": f"endpoint {name!r} is {status}", **result})
 
 
@@ -170,11 +162,9 @@ async def _target_body(request: web.Request) -> str | None:
 
 
 async def _admin_state(request: web.Request, new: str) -> web.Response:
-    state = get_state(request)
     name = request.match_info["id"]
     url = await _target_body(request)
-    assert state.changes is not None
-    result: dict[str, Any] = await state.changes.submit(Drain(name, url, new))
+    result: dict[str, Any] = await submit(request, Drain(name, url, new))
     what = f"target {url}" if url else "every target"
     verb = "draining" if new == DRAINING else "active"
     return stamped({"success": True, "message": f"{name}: {what} {verb}", **result})
@@ -193,10 +183,8 @@ async def enable(request: web.Request) -> web.Response:
 @routes.post("/registry/endpoints/{id}/heartbeat")
 async def heartbeat(request: web.Request) -> web.Response:
     """Renew a registration made with a ``ttl``: it lives ``ttl`` seconds from now."""
-    state = get_state(request)
     name = request.match_info["id"]
-    assert state.changes is not None
-    result = await state.changes.submit(Heartbeat(name))
+    result = await submit(request, Heartbeat(name))
     return stamped({"success": True, "message": f"endpoint {name!r} renewed", **result})
 
 
