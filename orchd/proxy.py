@@ -31,7 +31,7 @@ from orchd.router import PREFIX, PathError, Route, map_path
 from orchd.state import GatewayState
 from orchd.target import Target
 from orchd.upstream import UpstreamBroke, UpstreamConnectError, UpstreamPool, UpstreamResponse
-from orchd.upstream_policy import UpstreamPolicy
+from orchd.upstream_policy import policy_for
 
 __all__ = ("HOP_BY_HOP", "BodyTooLarge", "Proxy")
 
@@ -123,7 +123,7 @@ class Proxy:
 
     def _address_allowed(self, ip: str) -> str | None:
         """server.allowed_upstreams at connect time: names are checked where they lead."""
-        return UpstreamPolicy(self.state.config.server.allowed_upstreams).check_address(ip)
+        return policy_for(self.state.config.server.allowed_upstreams).check_address(ip)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         started = time.perf_counter()

@@ -23,6 +23,7 @@ read as the address they resolve to, as the C library would.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import ipaddress
 import socket
 from collections.abc import Sequence
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 
 from yarl import URL
 
-__all__ = ("BUILTIN_DENIED", "Rule", "UpstreamPolicy", "parse_rules")
+__all__ = ("BUILTIN_DENIED", "Rule", "UpstreamPolicy", "parse_rules", "policy_for")
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -150,3 +151,9 @@ class UpstreamPolicy:
                                        for r in self.rules):
             return f"{url!r}: host {shown} matches no rule of server.allowed_upstreams"
         return None
+
+
+@functools.lru_cache(maxsize=8)
+def policy_for(rules: tuple[str, ...] | None) -> UpstreamPolicy:
+    """The policy of a rule set, parsed once (the config's rules are an immutable tuple)."""
+    return UpstreamPolicy(rules)
