@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -33,7 +33,7 @@ from orchd.target import Target
 from orchd.upstream import UpstreamBroke, UpstreamConnectError, UpstreamPool, UpstreamResponse
 from orchd.upstream_policy import policy_for
 
-__all__ = ("HOP_BY_HOP", "BodyTooLarge", "Proxy")
+__all__ = ("HOP_BY_HOP", "BodyTooLarge", "Proxy", "Reply")
 
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
@@ -126,17 +126,28 @@ class Proxy:
         return policy_for(self.state.config.server.allowed_upstreams).check_address(ip)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        """The aiohttp route: the answer goes out through a ``web.StreamResponse``."""
+        reply = _StreamReply(request)
+        answer = await self.serve(request, reply)
+        return answer if answer is not None else reply.response
+
+    async def serve(self, request: Any, reply: Reply) -> web.Response | None:
+        """Forward ``request`` (a ``web.Request``, or ``orchd.front``'s own request object)
+        and send the answer through ``reply``. Returns a whole answer the caller must send
+        itself (a breaker's fallback), or None when ``reply`` has sent it; raises
+        ``ProblemError`` for gateway errors (nothing has been sent then)."""
         started = time.perf_counter()
         rid = _request_id(request)
         request["request_id"] = rid
         request["started"] = started  # for the access log and metrics (orchd.accesslog)
         try:
-            return await self._handle(request, rid, started)
+            return await self._handle(request, reply, rid, started)
         except ProblemError as exc:
             exc.headers = {**exc.headers, "X-Request-ID": rid}
             raise
 
-    async def _handle(self, request: web.Request, rid: str, started: float) -> web.StreamResponse:
+    async def _handle(self, request: Any, reply: Reply, rid: str,
+                      started: float) -> web.Response | None:
         raw = request.raw_path
         path, _, query = raw.partition("?")
         snapshot = self.state.registry.snapshot
@@ -171,9 +182,11 @@ class Proxy:
                                f"the limit is {max_body}", headers=ep_headers)
         with self.streams.track(route.name, InFlight.cancel_current()):
             if (request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
-                    and method == "GET"):
-                return await self._websocket(request, route, segments, query, rid)
-            return await self._forward(request, route, segments, query, rid, started, max_body)
+                    and method == "GET" and isinstance(reply, _StreamReply)):
+                reply.response = await self._websocket(request, route, segments, query, rid)
+                return None
+            return await self._forward(request, reply, route, segments, query, rid, started,
+                                       max_body)
 
     def _pick(self, route: Route, tried: set[Target]) -> Target:
         target = choose(route, tried)
@@ -229,9 +242,9 @@ class Proxy:
         except (OSError, RequestPayloadError) as exc:
             raise ClientBodyBroke(f"{type(exc).__name__}: {exc}") from exc
 
-    async def _forward(self, request: web.Request, route: Route, segments: list[str],
+    async def _forward(self, request: Any, reply: Reply, route: Route, segments: list[str],
                        query: str, rid: str, started: float,
-                       max_body: int) -> web.StreamResponse:
+                       max_body: int) -> web.Response | None:
         spec = route.spec
         method = request.method
         headers = self._upstream_headers(request, rid, _REQUEST_DROP)
@@ -258,8 +271,9 @@ class Proxy:
                 raise ProblemError(400, "Invalid path", str(exc)) from None
             url = f"{path}?{query}" if query else path
             try:
-                return await self._try(request, route, target, url, method, headers,
-                                       has_body, connect_timeout, rid, started, max_body)
+                await self._try(request, reply, route, target, url, method, headers,
+                                has_body, connect_timeout, rid, started, max_body)
+                return None
             except _UpstreamFailed as failed:
                 if not (failed.retriable and attempt + 1 < attempts
                         and len(route.targets) > len(tried) and self.budget.try_retry()):
@@ -269,10 +283,10 @@ class Proxy:
                                   method, route.name, failed.reason)
         raise AssertionError("unreachable")
 
-    async def _try(self, request: web.Request, route: Route, target: Target, url: str,
+    async def _try(self, request: Any, reply: Reply, route: Route, target: Target, url: str,
                    method: str, headers: list[tuple[str, str]], has_body: bool,
                    connect_timeout: float, rid: str, started: float,
-                   max_body: int) -> web.StreamResponse:
+                   max_body: int) -> None:
         ep_headers = {"X-Endpoint-ID": route.name}
         breaker = target.breaker
         target.in_flight += 1
@@ -342,38 +356,23 @@ class Proxy:
                 breaker.failure(f"HTTP {status}")
                 request["upstream_error"] = "5xx"
                 reported = True
-            elapsed = time.perf_counter() - started
-            # A whole answer already read (most small ones) leaves in one write, head and body.
-            resp = (_OneWriteResponse if upstream.complete else web.StreamResponse)(
-                status=status, reason=upstream.reason)
-            out = resp.headers
-            drop: frozenset[str] | set[str] = _RESPONSE_DROP
-            length: str | None = None
-            for k, v in upstream.headers:
-                low = k.lower()
-                if low == "connection":
-                    drop = drop | {t.strip().lower() for t in v.split(",") if t.strip()}
-                elif low == "content-length":
-                    length = v
-            for k, v in upstream.headers:
-                if k.lower() not in drop:
-                    out.add(k, v)
-            if length is not None:
-                out[hdrs.CONTENT_LENGTH] = length
-            resp.headers["X-Request-ID"] = rid
-            resp.headers["X-Endpoint-ID"] = route.name
-            resp.headers["X-Response-Time"] = f"{elapsed * 1000:.2f}ms"
-            if self.state.stopping:  # draining: the client should not reuse this connection
-                resp.force_close()
+            out = _response_headers(upstream.headers)
+            out += (("X-Request-ID", rid), ("X-Endpoint-ID", route.name),
+                    ("X-Response-Time", f"{(time.perf_counter() - started) * 1000:.2f}ms"))
             try:
-                await resp.prepare(request)
-                if method != "HEAD" and status not in (204, 304):
+                if upstream.complete or method == "HEAD" or status in (204, 304):
+                    # A whole answer already read (most small ones) leaves in one write.
+                    await reply.whole(status, upstream.reason, out, upstream.take_buffered()
+                                      if method != "HEAD" else b"", close=self.state.stopping)
+                else:
+                    await reply.start(status, upstream.reason, out, close=self.state.stopping)
                     async for chunk in upstream.chunks(route.spec.timeout):
-                        await resp.write(chunk)
+                        await reply.write(chunk)
+                    await reply.finish()
             except ConnectionResetError:
                 # The client went away mid-answer: nothing to send, nothing learnt about the
                 # upstream (the breaker is released below), and not an error of the gateway.
-                return resp
+                return
             except (UpstreamBroke, TimeoutError) as exc:
                 request["upstream_error"] = "timeout" if isinstance(exc, TimeoutError) else "reset"
                 if not reported:
@@ -381,13 +380,11 @@ class Proxy:
                     reported = True
                 proxy_logger.warning("%s: upstream %s broke mid-body: %r",
                                      route.name, target.url, exc)
-                _abort(request)
-                return resp
+                reply.abort()
+                return
             if not reported:
                 breaker.success()
                 reported = True
-            await resp.write_eof()
-            return resp
         finally:
             target.in_flight -= 1
             if not reported:
@@ -483,16 +480,92 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
+def _response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The upstream's answer headers to pass on: hop-by-hop ones (and those its
+    ``Connection`` names) dropped, ``Content-Length`` last."""
+    drop: frozenset[str] | set[str] = _RESPONSE_DROP
+    length: str | None = None
+    for k, v in headers:
+        low = k.lower()
+        if low == "connection":
+            drop = drop | {t.strip().lower() for t in v.split(",") if t.strip()}
+        elif low == "content-length":
+            length = v
+    out = [(k, v) for k, v in headers if k.lower() not in drop]
+    if length is not None:
+        out.append(("Content-Length", length))
+    return out
+
+
+class Reply(Protocol):
+    """Where a proxied answer goes: aiohttp's response (``_StreamReply``) or the public
+    listener's own writer (``orchd.front``). Writes raise ``ConnectionResetError`` once the
+    client is gone. ``close`` asks for the connection to end after this answer."""
+
+    async def whole(self, status: int, reason: str, headers: list[tuple[str, str]],
+                    body: bytes, *, close: bool = False) -> None:
+        """The complete answer, head and body in one write."""
+
+    async def start(self, status: int, reason: str, headers: list[tuple[str, str]], *,
+                    close: bool = False) -> None:
+        """The head of an answer whose body follows by ``write`` and ends by ``finish``."""
+
+    async def write(self, chunk: bytes) -> None: ...
+
+    async def finish(self) -> None: ...
+
+    def abort(self) -> None:
+        """Cut the connection: the answer cannot be completed."""
+
+
+class _StreamReply:
+    """A ``Reply`` through aiohttp's ``web.StreamResponse``."""
+
+    __slots__ = ("request", "response")
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse = web.StreamResponse()
+
+    def _prepared(self, resp: web.StreamResponse, headers: list[tuple[str, str]],
+                  close: bool) -> web.StreamResponse:
+        out = resp.headers
+        for k, v in headers:
+            out.add(k, v)
+        if close:  # draining: the client should not reuse this connection
+            resp.force_close()
+        self.response = resp
+        return resp
+
+    async def whole(self, status: int, reason: str, headers: list[tuple[str, str]],
+                    body: bytes, *, close: bool = False) -> None:
+        resp = self._prepared(_OneWriteResponse(status=status, reason=reason), headers, close)
+        await resp.prepare(self.request)
+        if body:
+            await resp.write(body)
+        await resp.write_eof()
+
+    async def start(self, status: int, reason: str, headers: list[tuple[str, str]], *,
+                    close: bool = False) -> None:
+        resp = self._prepared(web.StreamResponse(status=status, reason=reason), headers, close)
+        await resp.prepare(self.request)
+
+    async def write(self, chunk: bytes) -> None:
+        await self.response.write(chunk)
+
+    async def finish(self) -> None:
+        await self.response.write_eof()
+
+    def abort(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
+
 class _OneWriteResponse(web.StreamResponse):
     """Holds the head back until the first body bytes, so both go in one write."""
 
     _send_headers_immediately = False
-
-
-def _abort(request: web.Request) -> None:
-    transport = request.transport
-    if transport is not None:
-        transport.abort()
 
 
 class _Fallback(Exception):
