@@ -26,16 +26,6 @@ class InFlight:
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._grace = 0.0
 
-    @staticmethod
-    def cancel_current() -> Callable[[], None]:
-        """A ``cut`` that cancels the calling task (the request's handler)."""
-        task = asyncio.current_task()
-        assert task is not None
-
-        def cut() -> None:
-            task.cancel()
-        return cut
-
     def track(self, endpoint: str, cut: Callable[[], None]) -> _Tracked:
         """Register one request for its lifetime (``with``); ``cut`` ends it if its endpoint
         goes. A plain class, not a generator: it runs once per proxied request."""

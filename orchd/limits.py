@@ -32,7 +32,7 @@ import json
 import re
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError, LineTooLong
@@ -44,26 +44,61 @@ from orchd.errors import ProblemError
 from orchd.log import server_logger
 from orchd.model import ServerSettings
 
-__all__ = ("BODY_PROGRESS", "KEEPALIVE_TIMEOUT", "LINGER", "GuardedHandler", "GuardedRunner",
-           "GuardedServer")
+if TYPE_CHECKING:
+    from orchd.proxy import Proxy
+
+__all__ = ("BODY_PROGRESS", "HOST_RE", "KEEPALIVE_TIMEOUT", "LINGER", "REQUEST_LINE_SLACK",
+           "GuardedHandler", "GuardedRunner", "GuardedServer", "body_too_slow",
+           "close_lingering", "raw_problem")
 
 BODY_PROGRESS = 1024  # bytes a body must advance by in every body_timeout window
 KEEPALIVE_TIMEOUT = 75.0  # idle keep-alive connections (nginx's default)
 LINGER = 1.0  # seconds a refused connection stays open after the answer, reading
-_REQUEST_LINE_SLACK = 64  # method, spaces and version around the request target
+REQUEST_LINE_SLACK = 64  # method, spaces and version around the request target
 
 SettingsFn = Callable[[], ServerSettings]
 # RFC 3986 host (reg-name, IPv4, or IP literal) and an optional port: no userinfo, no path.
-_HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]*)?")
+HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]*)?")
 
 
-def _raw_problem(status: int, detail: str) -> bytes:
+def raw_problem(status: int, detail: str) -> bytes:
     phrase = HTTPStatus(status).phrase
     body = json.dumps({"type": "about:blank", "title": phrase, "status": status,
                        "detail": detail}).encode()
     head = (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/problem+json\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
     return head.encode("latin-1") + body
+
+
+def close_lingering(transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+    """End the writing half, then close after ``LINGER`` seconds, taking what the client is
+    still sending meanwhile: closing with unread input would reset the connection, and the
+    client could lose the answer just written."""
+    with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
+        if transport.can_write_eof():
+            transport.write_eof()
+    loop.call_later(LINGER, transport.close)
+
+
+def body_too_slow(progress: int, timeout: float) -> ProblemError:
+    """The error a request body's readers get when it stalls (``server.body_timeout``)."""
+    return ProblemError(
+        408, "Request body too slow",
+        f"the request body advanced by {progress} bytes in {timeout:g}s; "
+        f"at least {BODY_PROGRESS} bytes (or its end) must arrive in every {timeout:g}s",
+        headers={"Connection": "close"})
+
+
+class Guarded(Protocol):
+    """A connection the server counts against ``server.max_connections``."""
+
+    _limits: ServerSettings
+
+    def evictable(self) -> bool: ...
+
+    def force_close(self) -> None: ...
+
+    def refuse(self, status: int, detail: str) -> None: ...
 
 
 class GuardedHandler(RequestHandler):
@@ -118,11 +153,8 @@ class GuardedHandler(RequestHandler):
         if self._waiter:
             self._waiter.cancel()
         self.transport = None
-        transport.write(_raw_problem(status, detail))
-        with contextlib.suppress(OSError, RuntimeError, NotImplementedError):
-            if transport.can_write_eof():
-                transport.write_eof()
-        self._loop.call_later(LINGER, transport.close)
+        transport.write(raw_problem(status, detail))
+        close_lingering(transport, self._loop)
 
     def _peer(self) -> str:
         transport = self.transport
@@ -156,7 +188,7 @@ class GuardedHandler(RequestHandler):
                         self.refuse(414, f"the request target is {len(target)} bytes; "
                                          f"the limit is {limits.max_url_length}")
                         return
-                elif len(line) > limits.max_url_length + _REQUEST_LINE_SLACK:
+                elif len(line) > limits.max_url_length + REQUEST_LINE_SLACK:
                     self.refuse(414, f"the request target is longer than the limit of "
                                      f"{limits.max_url_length} bytes")
                     return
@@ -190,7 +222,7 @@ class GuardedHandler(RequestHandler):
                 return 400, ("the request target must be a path (origin-form); "
                              "absolute-form and authority-form targets are refused")
             host = message.headers.get("Host")
-            if host is not None and not _HOST_RE.fullmatch(host):
+            if host is not None and not HOST_RE.fullmatch(host):
                 return 400, f"the Host header {host[:100]!r} is not a valid host[:port]"
         return None
 
@@ -260,11 +292,7 @@ class GuardedHandler(RequestHandler):
         server_logger.info("cutting a request body from %s: %d bytes in the last %gs",
                            self._peer(), progress, timeout)
         self._body = None
-        payload.set_exception(ProblemError(
-            408, "Request body too slow",
-            f"the request body advanced by {progress} bytes in {timeout:g}s; "
-            f"at least {BODY_PROGRESS} bytes (or its end) must arrive in every {timeout:g}s",
-            headers={"Connection": "close"}))
+        payload.set_exception(body_too_slow(progress, timeout))
         payload.feed_eof()  # readers raise the error; nothing more is read
         self.close()  # no keep-alive after this request
 
@@ -334,7 +362,7 @@ class GuardedServer(web.Server):
     def __init__(self, *args: Any, settings: SettingsFn, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._settings = settings
-        self.guarded: dict[GuardedHandler, None] = {}  # oldest first
+        self.guarded: dict[Guarded, None] = {}  # oldest first
         self.evicted = 0
         self.refused = 0
 
@@ -342,12 +370,12 @@ class GuardedServer(web.Server):
         limits = self._settings()
         kwargs = {**self._kwargs,
                   "keepalive_timeout": KEEPALIVE_TIMEOUT,
-                  "max_line_size": limits.max_url_length + 2 * _REQUEST_LINE_SLACK,
+                  "max_line_size": limits.max_url_length + 2 * REQUEST_LINE_SLACK,
                   "max_field_size": limits.max_header_size,
                   "max_headers": limits.max_header_count}
         return GuardedHandler(self, limits, loop=self._loop, **kwargs)
 
-    def admit(self, handler: GuardedHandler) -> None:
+    def admit(self, handler: Guarded) -> None:
         self.guarded[handler] = None
         over = len(self.guarded) - handler._limits.max_connections
         if over <= 0:
@@ -364,19 +392,27 @@ class GuardedServer(web.Server):
             handler.refuse(503, "too many connections; retry later")
             self.guarded.pop(handler, None)
 
-    def forget(self, handler: GuardedHandler) -> None:
+    def forget(self, handler: Guarded) -> None:
         self.guarded.pop(handler, None)
 
 
 class GuardedRunner(web.AppRunner):
-    """An ``AppRunner`` whose connections are ``GuardedHandler``s."""
+    """An ``AppRunner`` whose connections are ``GuardedHandler``s; given ``proxy``, they
+    start as ``orchd.front`` connections, which serve proxied requests themselves."""
 
-    def __init__(self, app: web.Application, *, settings: SettingsFn, **kwargs: Any) -> None:
+    def __init__(self, app: web.Application, *, settings: SettingsFn,
+                 proxy: Proxy | None = None, **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._settings = settings
+        self._proxy = proxy
 
     async def _make_server(self) -> web.Server:
         base = await super()._make_server()
-        return GuardedServer(base.request_handler, request_factory=base.request_factory,
-                             handler_cancellation=base.handler_cancellation,
-                             loop=base._loop, settings=self._settings, **base._kwargs)
+        kwargs = dict(request_factory=base.request_factory,
+                      handler_cancellation=base.handler_cancellation,
+                      loop=base._loop, settings=self._settings, **base._kwargs)
+        if self._proxy is not None:
+            from orchd.front import FrontServer  # it builds on this module
+
+            return FrontServer(base.request_handler, proxy=self._proxy, **kwargs)
+        return GuardedServer(base.request_handler, **kwargs)

@@ -33,7 +33,7 @@ from orchd.target import Target
 from orchd.upstream import UpstreamBroke, UpstreamConnectError, UpstreamPool, UpstreamResponse
 from orchd.upstream_policy import policy_for
 
-__all__ = ("HOP_BY_HOP", "BodyTooLarge", "Proxy", "Reply")
+__all__ = ("HOP_BY_HOP", "BodyTooLarge", "Headers", "Proxy", "Reply")
 
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
@@ -42,14 +42,19 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
 # Never copied from the client to the upstream: hop-by-hop, and what the proxy sets itself.
 _REQUEST_DROP = HOP_BY_HOP | {"host", "x-forwarded-for", "x-forwarded-proto",
                               "x-forwarded-host", "x-request-id", "content-length"}
-_RESPONSE_DROP = HOP_BY_HOP | {"content-length", "x-request-id", "x-endpoint-id",
-                               "x-response-time"}
+_RESPONSE_DROP = frozenset(h.encode() for h in HOP_BY_HOP | {
+    "content-length", "x-request-id", "x-endpoint-id", "x-response-time", "close",
+    "keep-alive", ""})  # the last three: Connection tokens that name no header
 _WS_DROP = _REQUEST_DROP | {"sec-websocket-key", "sec-websocket-version",
                             "sec-websocket-extensions", "sec-websocket-protocol",
                             "sec-websocket-accept"}
 
 _CREDENTIAL_SCHEMES = {"bearer": ("bearer ",), "oauth2": ("bearer ",), "basic": ("basic ",)}
 CHUNK = 64 * 1024
+# Answers with a Content-Length up to this are read whole before they are sent (as nginx's
+# proxy_buffering does); longer ones, and those of unknown length (SSE), stream.
+GATHER_LIMIT = 256 * 1024
+Headers = list[tuple[bytes, bytes]]  # names and values as they go on the wire
 
 
 class BodyTooLarge(Exception):
@@ -180,7 +185,7 @@ class Proxy:
             raise ProblemError(413, "Request body too large",
                                f"the body is {request.content_length} bytes; "
                                f"the limit is {max_body}", headers=ep_headers)
-        with self.streams.track(route.name, InFlight.cancel_current()):
+        with self.streams.track(route.name, request.task.cancel):
             if (request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
                     and method == "GET" and isinstance(reply, _StreamReply)):
                 reply.response = await self._websocket(request, route, segments, query, rid)
@@ -356,14 +361,26 @@ class Proxy:
                 breaker.failure(f"HTTP {status}")
                 request["upstream_error"] = "5xx"
                 reported = True
-            out = _response_headers(upstream.headers)
-            out += (("X-Request-ID", rid), ("X-Endpoint-ID", route.name),
-                    ("X-Response-Time", f"{(time.perf_counter() - started) * 1000:.2f}ms"))
+            out, length = _response_headers(upstream.raw_headers)
+            out += ((b"X-Request-ID", rid.encode()), (b"X-Endpoint-ID", route.name.encode()),
+                    (b"X-Response-Time",
+                     b"%.2fms" % ((time.perf_counter() - started) * 1000)))
             try:
                 if upstream.complete or method == "HEAD" or status in (204, 304):
                     # A whole answer already read (most small ones) leaves in one write.
                     await reply.whole(status, upstream.reason, out, upstream.take_buffered()
                                       if method != "HEAD" else b"", close=self.state.stopping)
+                elif length is not None and length <= GATHER_LIMIT:
+                    # Small enough to gather first: one write instead of one per read.
+                    try:
+                        body = await upstream.body(route.spec.timeout)
+                    except (UpstreamBroke, TimeoutError):
+                        # As if it had streamed: the head and what arrived, then the cut.
+                        await reply.start(status, upstream.reason, out, close=True)
+                        await reply.write(upstream.take_buffered())
+                        raise
+                    await reply.whole(status, upstream.reason, out, body,
+                                      close=self.state.stopping)
                 else:
                     await reply.start(status, upstream.reason, out, close=self.state.stopping)
                     async for chunk in upstream.chunks(route.spec.timeout):
@@ -480,21 +497,29 @@ def _caused_by(exc: BaseException, kind: type[BaseException]) -> bool:
     return False
 
 
-def _response_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The upstream's answer headers to pass on: hop-by-hop ones (and those its
-    ``Connection`` names) dropped, ``Content-Length`` last."""
-    drop: frozenset[str] | set[str] = _RESPONSE_DROP
-    length: str | None = None
+def _response_headers(headers: Headers) -> tuple[Headers, int | None]:
+    """The upstream's answer headers to pass on, as received: hop-by-hop ones (and those its
+    ``Connection`` names) dropped, ``Content-Length`` last; and that length. One pass."""
+    out = []
+    length: bytes | None = None
+    named: bytes | None = None
     for k, v in headers:
         low = k.lower()
-        if low == "connection":
-            drop = drop | {t.strip().lower() for t in v.split(",") if t.strip()}
-        elif low == "content-length":
-            length = v
-    out = [(k, v) for k, v in headers if k.lower() not in drop]
-    if length is not None:
-        out.append(("Content-Length", length))
-    return out
+        if low in _RESPONSE_DROP:
+            if low == b"content-length":
+                length = v
+            elif low == b"connection":
+                named = v if named is None else named + b"," + v
+            continue
+        out.append((k, v))
+    if named is not None:
+        tokens = {t.strip().lower() for t in named.split(b",")} - _RESPONSE_DROP
+        if tokens:
+            out = [(k, v) for k, v in out if k.lower() not in tokens]
+    if length is None:
+        return out, None
+    out.append((b"Content-Length", length))
+    return out, int(length)  # llhttp checked it is digits
 
 
 class Reply(Protocol):
@@ -502,11 +527,11 @@ class Reply(Protocol):
     listener's own writer (``orchd.front``). Writes raise ``ConnectionResetError`` once the
     client is gone. ``close`` asks for the connection to end after this answer."""
 
-    async def whole(self, status: int, reason: str, headers: list[tuple[str, str]],
-                    body: bytes, *, close: bool = False) -> None:
+    async def whole(self, status: int, reason: str, headers: Headers, body: bytes, *,
+                    close: bool = False) -> None:
         """The complete answer, head and body in one write."""
 
-    async def start(self, status: int, reason: str, headers: list[tuple[str, str]], *,
+    async def start(self, status: int, reason: str, headers: Headers, *,
                     close: bool = False) -> None:
         """The head of an answer whose body follows by ``write`` and ends by ``finish``."""
 
@@ -527,25 +552,25 @@ class _StreamReply:
         self.request = request
         self.response: web.StreamResponse = web.StreamResponse()
 
-    def _prepared(self, resp: web.StreamResponse, headers: list[tuple[str, str]],
+    def _prepared(self, resp: web.StreamResponse, headers: Headers,
                   close: bool) -> web.StreamResponse:
         out = resp.headers
         for k, v in headers:
-            out.add(k, v)
+            out.add(k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
         if close:  # draining: the client should not reuse this connection
             resp.force_close()
         self.response = resp
         return resp
 
-    async def whole(self, status: int, reason: str, headers: list[tuple[str, str]],
-                    body: bytes, *, close: bool = False) -> None:
+    async def whole(self, status: int, reason: str, headers: Headers, body: bytes, *,
+                    close: bool = False) -> None:
         resp = self._prepared(_OneWriteResponse(status=status, reason=reason), headers, close)
         await resp.prepare(self.request)
         if body:
             await resp.write(body)
         await resp.write_eof()
 
-    async def start(self, status: int, reason: str, headers: list[tuple[str, str]], *,
+    async def start(self, status: int, reason: str, headers: Headers, *,
                     close: bool = False) -> None:
         resp = self._prepared(web.StreamResponse(status=status, reason=reason), headers, close)
         await resp.prepare(self.request)

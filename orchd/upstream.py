@@ -68,16 +68,21 @@ class UpstreamResponse:
     a connection whose answer was read to the end goes back to the pool, any other is closed.
     """
 
-    __slots__ = ("_conn", "_pool", "head_only", "headers", "reason", "status")
+    __slots__ = ("_conn", "_pool", "head_only", "raw_headers", "reason", "status")
 
     def __init__(self, conn: _Connection, pool: UpstreamPool, status: int, reason: str,
-                 headers: list[tuple[str, str]], head_only: bool) -> None:
+                 raw_headers: list[tuple[bytes, bytes]], head_only: bool) -> None:
         self._conn: _Connection | None = conn
         self._pool = pool
         self.status = status
         self.reason = reason
-        self.headers = headers
+        self.raw_headers = raw_headers  # as received: the proxy passes them on undecoded
         self.head_only = head_only
+
+    @property
+    def headers(self) -> list[tuple[str, str]]:
+        return [(k.decode("utf-8", "surrogateescape"), v.decode("utf-8", "surrogateescape"))
+                for k, v in self.raw_headers]
 
     @property
     def complete(self) -> bool:
@@ -112,6 +117,19 @@ class UpstreamResponse:
             if conn.eof:
                 return
             await conn.wait_body(read_timeout)
+
+    async def body(self, read_timeout: float) -> bytes:
+        """The whole body, once it has arrived; raises as ``chunks()`` does."""
+        conn = self._conn
+        if conn is None or self.head_only:
+            return b""
+        while not conn.eof:
+            if conn.exc is not None:
+                raise conn.exc
+            await conn.wait_body(read_timeout)
+        if conn.exc is not None:
+            raise conn.exc
+        return self.take_buffered()
 
     def release(self) -> None:
         conn, self._conn = self._conn, None
@@ -165,7 +183,7 @@ class _Connection(asyncio.Protocol):
 
     def _reset(self) -> None:
         self.reason = b""
-        self.header_list: list[tuple[str, str]] = []
+        self.header_list: list[tuple[bytes, bytes]] = []  # as received
         self.status = 0
         self.chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
@@ -230,8 +248,7 @@ class _Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if len(name) in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
             self.framed = True
-        self.header_list.append((name.decode("utf-8", "surrogateescape"),
-                                  value.decode("utf-8", "surrogateescape")))
+        self.header_list.append((name, value))
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()

@@ -1,0 +1,847 @@
+"""The public port's own HTTP/1.1 listener: proxied requests are served here, below aiohttp.
+
+Why this module exists: aiohttp's web server spends about 100 µs of CPU per request before
+any gateway work (its request object, URL parsing, router, middlewares, ``StreamResponse``),
+more than half of what a Go gateway spends on a whole proxied exchange (see
+docs/performance.md). A request for ``/orchestrator/`` needs none of that. This protocol finds
+the end of each request head itself, parses it with llhttp (``httptools``), hands it to
+``Proxy.serve`` as a small ``FrontRequest`` and writes the answer to the socket itself
+(``FrontConnection`` is the proxy's ``Reply``).
+
+Every other request goes to aiohttp, together with its connection: at the first request this
+listener does not serve (admin API, health, metrics, dashboard, docs, a WebSocket upgrade,
+``Expect``, anything malformed or over a size limit), the transport is given to a
+``GuardedHandler`` (``orchd.limits``) and the bytes read so far are replayed to it, so it
+answers exactly as it would have alone. The connection stays with aiohttp from then on.
+Handing over only ever happens between requests, with the new request's first byte at the
+start of what is replayed: heads are cut at their ``CRLF CRLF`` here, and bodies with a
+``Content-Length`` are fed to llhttp to their exact end.
+
+The edge limits of ``orchd.limits`` hold on these connections too: the header and body
+deadlines, the send timeout, the connection cap (one count for both kinds of connection), and
+the URL and header sizes (a request over them goes to aiohttp, which refuses it with 414 or
+431). Stop and restart treat them as aiohttp's: ``close()``, ``shutdown()``, and answers with
+``Connection: close`` while the daemon drains.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from email.utils import formatdate
+from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import parse_qsl, unquote
+
+import httptools
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
+from aiohttp.tcp_helpers import tcp_nodelay
+from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+
+from orchd.api.middleware import problem_response
+from orchd.errors import ProblemError
+from orchd.limits import (
+    BODY_PROGRESS,
+    HOST_RE,
+    KEEPALIVE_TIMEOUT,
+    REQUEST_LINE_SLACK,
+    GuardedHandler,
+    GuardedServer,
+    body_too_slow,
+    close_lingering,
+    raw_problem,
+)
+from orchd.log import server_logger
+from orchd.model import ServerSettings
+from orchd.router import PREFIX
+
+if TYPE_CHECKING:
+    from orchd.accesslog import AccessLogger
+    from orchd.proxy import Headers, Proxy
+
+__all__ = ("FrontConnection", "FrontRequest", "FrontServer")
+
+_PREFIX = PREFIX.encode()
+_HEAD_END = b"\r\n\r\n"
+_BODY_READ_LIMIT = 2**16  # a request body's buffer pauses the socket past twice this
+_PIPELINE_LIMIT = 2**16  # bytes of following requests held while an answer is produced
+_SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n".encode()
+# Answer headers the listener looks at on their way out (by lower-case name).
+_LENGTH, _TYPE, _DATE, _SERVER, _CONNECTION = "length", "type", "date", "server", "connection"
+_WATCHED = {b"content-length": _LENGTH, b"content-type": _TYPE, b"date": _DATE,
+            b"server": _SERVER, b"connection": _CONNECTION}
+
+
+class FrontRequest(dict[str, Any]):
+    """A request as ``Proxy.serve``, the access log and the metrics read it: the attributes
+    of ``web.Request`` they use, and its item store (``request["endpoint"]``)."""
+
+    __slots__ = ("body_exists", "content", "content_length", "headers", "keep_alive",
+                 "method", "raw_path", "remote", "task", "transport", "version")
+
+    secure = False  # the public listener is plain HTTP; TLS terminates in front of orchd
+
+    def __init__(self, method: str, raw_path: str, version: str,
+                 headers: CIMultiDictProxy[str], remote: str,
+                 transport: asyncio.Transport, keep_alive: bool) -> None:
+        self.method = method
+        self.raw_path = raw_path
+        self.version = version
+        self.headers = headers
+        self.remote = remote
+        self.transport = transport
+        self.keep_alive = keep_alive
+        self.content_length: int | None = None
+        self.body_exists = False
+        self.content: StreamReader = EMPTY_PAYLOAD
+        self.task: asyncio.Task[None] | None = None  # the one serving it
+
+    @property
+    def path(self) -> str:
+        """The decoded path, without the query (logs and problem documents only)."""
+        path = self.raw_path.partition("?")[0]
+        return unquote(path) if "%" in path else path
+
+    @property
+    def query(self) -> MultiDictProxy[str]:
+        return MultiDictProxy(MultiDict(
+            parse_qsl(self.raw_path.partition("?")[2], keep_blank_values=True)))
+
+
+class _Sent:
+    """What the access log reads of an answer."""
+
+    __slots__ = ("body_length", "headers", "status")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.body_length = 0
+        self.headers: dict[str, str] = {}
+
+
+class FrontConnection(asyncio.Protocol):
+    """One client connection on the public port (see the module's docstring)."""
+
+    def __init__(self, server: FrontServer, limits: ServerSettings) -> None:
+        self._server = server
+        self._limits = limits
+        self._loop = server.loop
+        self.transport: asyncio.Transport | None = None
+        self._remote = ""
+        self._parser = httptools.HttpRequestParser(self)
+        self._buf = bytearray()  # received bytes not given to the parser yet
+        # What the parser callbacks collect for the head being parsed.
+        self._url = b""
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._complete = False  # the parser reached the end of the current message
+        self._head_info: tuple[bytes, str, bool] = (b"", "", False)  # method, version, keep
+        self._feeding_head = False
+        self._request: FrontRequest | None = None  # the request being answered
+        self._task: asyncio.Task[None] | None = None
+        self._in_body = False  # the current request's body is still arriving
+        self._body_left = -1  # its Content-Length still to come; -1: chunked
+        self._body_mark = 0
+        self._body_error = ""
+        self._chunks = _ChunkedEnd()
+        self._served = 0
+        self._close = False  # end the connection after the current answer
+        self._handed = False
+        self._lost = False
+        # The answer being written.
+        self._sent = _Sent()
+        self._chunked = False
+        self._started = False
+        self._finished = False
+        # Flow control: the body reader's and the client's socket.
+        self._reading_paused = False
+        self._write_paused = False
+        self._drain: asyncio.Future[None] | None = None
+        # One timer watches the header deadline and the keep-alive idle time; it is armed
+        # once and re-armed when it fires, not per request (``_tick``).
+        self._clock: asyncio.TimerHandle | None = None
+        self._since = 0.0  # when the current wait began: idle since, or head since
+        self._in_head = False  # a request head has begun to arrive
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = tr = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        tcp_nodelay(tr, True)
+        peer = tr.get_extra_info("peername")
+        self._remote = str(peer[0]) if peer else ""
+        self._server.track(self, tr)
+        self._since = self._loop.time()
+        self._clock = self._loop.call_later(self._limits.header_timeout, self._tick)
+        self._server.admit(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self._in_body:
+            if not self._feed_body(data):
+                self._body_broke()
+            return
+        if self._lost or (self._close and self._request is None):
+            return
+        self._buf += data
+        if self._request is None:
+            self._next()
+        elif len(self._buf) > _PIPELINE_LIMIT:
+            self.pause_reading()  # the next requests wait for the current answer
+
+    def eof_received(self) -> bool:
+        if self._in_body and self._request is not None:
+            self._request.content.set_exception(
+                ConnectionResetError("the client ended the connection mid-body"))
+            self._in_body = False
+        self._close = True
+        return self._request is not None  # keep the writing half for the answer
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._lost = True
+        self._server.release(self)
+        self._cancel_timers()
+        request = self._request
+        if request is not None and self._in_body:
+            request.content.set_exception(ConnectionResetError("the client went away"))
+        self._in_body = False
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_exception(ConnectionResetError("the client went away"))
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        if self._send_timer is None:
+            self._send_timer = self._loop.call_later(self._limits.send_timeout,
+                                                     self._send_expired)
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        drain, self._drain = self._drain, None
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    # -- the body reader's flow control (aiohttp's StreamReader calls these)
+
+    @property
+    def connected(self) -> bool:
+        return not self._lost
+
+    def pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            with contextlib.suppress(RuntimeError, NotImplementedError):
+                self.transport.pause_reading()
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            with contextlib.suppress(RuntimeError, NotImplementedError):
+                self.transport.resume_reading()
+
+    # -- httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if not self._feeding_head:
+            # A request right behind a chunked body, in the same read: where it starts is
+            # unknown, so it is not served; the connection ends after the current answer
+            # (a pipelining client retries on a new one, RFC 9112 section 9.3.2).
+            self._close = True
+            raise _Stop
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._raw_headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        # Read now: once the message is complete, llhttp's fields describe the next one.
+        parser = self._parser
+        self._head_info = (parser.get_method(), parser.get_http_version(),
+                           parser.should_keep_alive())
+
+    def on_body(self, body: bytes) -> None:
+        request = self._request
+        if request is not None:
+            request.content.feed_data(body)
+
+    def on_message_complete(self) -> None:
+        self._complete = True
+        if self._in_body:
+            self._end_body()
+
+    # -- requests in
+
+    def _next(self) -> None:
+        """Serve the next request whose head is in the buffer, or hand the connection over."""
+        buf = self._buf
+        while buf and buf[0] in (13, 10):  # stray line ends between requests are allowed
+            del buf[:1]
+        if not buf:
+            return
+        if not self._in_head:  # the header deadline runs from a request's first byte
+            self._in_head = True
+            self._since = self._loop.time()
+        end = buf.find(_HEAD_END)
+        if end < 0:
+            limits = self._limits
+            space = buf.find(b" ")
+            if ((space >= 0 and len(buf) > space + len(_PREFIX)
+                 and not buf.startswith(_PREFIX, space + 1))  # not a proxied request
+                    or (b"\n" not in buf  # a request line over the URL limit: 414
+                        and len(buf) > limits.max_url_length + REQUEST_LINE_SLACK)
+                    or len(buf) > limits.max_header_size + limits.max_url_length
+                    + 2 * REQUEST_LINE_SLACK  # a header section over its limit: 431
+                    or b"\n\n" in buf or b"\n\r\n" in buf):  # bare line feeds
+                self._hand_off()  # aiohttp answers, as it would have alone
+            return
+        end += len(_HEAD_END)
+        request = self._parse_head(bytes(buf[:end]))
+        if request is None:
+            self._hand_off()
+            return
+        self._in_head = False
+        self._request = request
+        self._started = self._finished = False
+        self._sent = _Sent()
+        if self._complete:
+            del buf[:end]
+        else:
+            # aiohttp's reader: its flow control calls pause_reading/resume_reading here.
+            request.content = StreamReader(cast(Any, self), _BODY_READ_LIMIT, loop=self._loop)
+            self._in_body = True
+            self._body_mark = 0
+            read = bytes(buf)
+            buf.clear()
+            if len(read) > end and not self._feed_body(read[end:]):
+                # Malformed within what has arrived: aiohttp refuses it, as it would have.
+                self._request = None
+                self._in_body = False
+                buf += read
+                self._hand_off()
+                return
+            if self._in_body:
+                self._body_timer = self._loop.call_later(self._limits.body_timeout,
+                                                         self._body_check)
+        self._task = request.task = self._loop.create_task(self._serve(request))
+
+    def _parse_head(self, head: bytes) -> FrontRequest | None:
+        """The request of ``head`` if this listener serves it; None to hand it to aiohttp."""
+        if not head.startswith(_PREFIX, head.find(b" ") + 1):
+            return None
+        self._url = b""
+        self._raw_headers = []
+        self._complete = False
+        self._head_info = (b"", "", False)
+        self._feeding_head = True
+        try:
+            self._parser.feed_data(head)
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade):
+            return None  # an upgrade; or aiohttp's parser refuses it, with its own words
+        finally:
+            self._feeding_head = False
+        method, version, keep_alive = self._head_info
+        limits = self._limits
+        raw = self._raw_headers
+        if (version not in ("1.1", "1.0") or len(raw) > limits.max_header_count
+                or len(head) > limits.max_header_size or len(self._url) > limits.max_url_length):
+            return None
+        pairs = []
+        length = -1
+        hosts = 0
+        for name, value in raw:
+            key = name.decode("utf-8", "surrogateescape")
+            val = value.decode("utf-8", "surrogateescape")
+            low = key.lower()
+            if low in ("upgrade", "expect", "transfer-encoding", "host", "content-length"):
+                if low == "content-length":
+                    if length >= 0:
+                        return None  # repeated: aiohttp refuses it
+                    length = int(val)
+                elif low == "host":
+                    hosts += 1
+                    if hosts > 1 or not HOST_RE.fullmatch(val):
+                        return None
+                elif low != "transfer-encoding" or val.lower() != "chunked" or version != "1.1":
+                    return None  # upgrades, Expect, other codings: aiohttp's part
+            pairs.append((key, val))
+        if hosts == 0 and version == "1.1":
+            return None  # HTTP/1.1 without Host: aiohttp refuses it
+        path = self._url.decode("utf-8", "surrogateescape")
+        if "/." in path.partition("?")[0]:
+            return None  # dot segments: aiohttp's URL handling decides what they mean
+        tr = self.transport
+        assert tr is not None
+        request = FrontRequest(method.decode("ascii", "replace"), path, version,
+                               CIMultiDictProxy(CIMultiDict(pairs)), self._remote, tr,
+                               keep_alive)
+        if length >= 0:
+            request.content_length = length
+            request.body_exists = length > 0
+            self._body_left = length
+        else:
+            request.body_exists = not self._complete
+            self._body_left = -1
+            self._chunks = _ChunkedEnd()
+        return request
+
+    def _feed_body(self, data: bytes) -> bool:
+        """Body bytes to the parser; bytes past the body's end wait in the buffer for the
+        next request. False, with nothing kept, when the body is malformed."""
+        left = self._body_left
+        rest = b""
+        if left < 0:  # chunked: where does it end?
+            end = self._chunks.end(data)
+            if end >= 0:
+                data, rest = data[:end], data[end:]
+        elif left < len(data):
+            data, rest = data[:left], data[left:]
+        if left >= 0:
+            self._body_left = left - len(data)
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if not isinstance(exc.__context__, _Stop):
+                self._body_error = f"the request body is malformed: {exc}"
+                return False
+        if rest:
+            self._buf += rest
+            if len(self._buf) > _PIPELINE_LIMIT:
+                self.pause_reading()
+        return True
+
+    def _body_broke(self) -> None:
+        request = self._request
+        if request is not None and self._in_body:
+            request.content.set_exception(ConnectionResetError(self._body_error))
+            self._in_body = False
+        self._close = True
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _end_body(self) -> None:
+        self._in_body = False
+        if self._request is not None:
+            self._request.content.feed_eof()
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _hand_off(self) -> None:
+        """Give the connection, and what it sent so far, to aiohttp."""
+        transport = self.transport
+        if transport is None or self._lost:
+            return
+        data = bytes(self._buf)
+        self._buf.clear()
+        self._cancel_timers()
+        self._handed = True
+        self._server.release(self)
+        handler = self._server.aiohttp_handler()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._reading_paused:
+            self._reading_paused = False
+            transport.resume_reading()
+        if self._write_paused:
+            handler.pause_writing()
+        if data:
+            handler.data_received(data)
+
+    # -- answers out
+
+    async def _serve(self, request: FrontRequest) -> None:
+        server = self._server
+        sent = self._sent
+        answer: web.Response | None = None
+        try:
+            try:
+                answer = await server.proxy.serve(request, self)
+            except ProblemError as exc:
+                answer = problem_response(exc, request)  # type: ignore[arg-type]
+            except ConnectionResetError:
+                pass  # the client went away: nothing to send it
+            except Exception:
+                server_logger.exception("%s %s failed", request.method, request.path)
+                answer = problem_response(ProblemError(
+                    500, "Internal Server Error",
+                    "the gateway failed to handle this request; see its log"))
+            if answer is not None:
+                if self._started:
+                    self.abort()  # part of another answer is out: it cannot be completed
+                else:
+                    await self._send_response(answer)
+        except ConnectionResetError:
+            pass
+        except asyncio.CancelledError:
+            self.abort()  # cut (its endpoint was removed, or the stop's deadline passed)
+            raise
+        finally:
+            if server.access is not None:
+                started = request.get("started")
+                server.access.log(request, sent,  # type: ignore[arg-type]
+                                  time.perf_counter() - started if started else 0.0)
+            self._answered()
+
+    def _answered(self) -> None:
+        self._request = None
+        self._task = None
+        self._served += 1
+        self._since = self._loop.time()  # idle from now
+        transport = self.transport
+        if transport is None or self._lost:
+            return
+        if self._started and not self._finished:
+            # Cut short (the request was cancelled, or its answer broke off): the client
+            # cannot tell where this answer would have ended, so the connection goes.
+            self.abort()
+            return
+        if self._in_body:  # the body was not read to its end: the next request cannot be found
+            self._close = True
+        if self._close:
+            if self._in_body or self._buf:  # unread input
+                self._in_body = False
+                close_lingering(transport, self._loop)
+            else:
+                transport.close()
+            return
+        if self._reading_paused:
+            self.resume_reading()
+        self._next()
+
+    async def _send_response(self, response: web.Response) -> None:
+        body = response.body
+        headers = [(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+                   for k, v in response.headers.items()]
+        await self.whole(response.status, response.reason, headers,
+                         body if isinstance(body, bytes) else b"")
+
+    def _head(self, status: int, reason: str, headers: Headers, length: int | None,
+              close: bool) -> bytes:
+        request = self._request
+        assert request is not None
+        self._started = True
+        http10 = request.version == "1.0"
+        keep = (request.keep_alive and not close and not self._close and not self._in_body
+                and not self._server.state.stopping)
+        must_be_empty = status < 200 or status == 204 or status == 304
+        lines = [b"HTTP/%s %d %s\r\n" % (request.version.encode(), status,
+                                         reason.encode("latin-1", "replace"))]
+        has_length = has_type = has_date = has_server = False
+        for k, v in headers:
+            watched = _WATCHED.get(k.lower())
+            if watched is not None:
+                if watched is _LENGTH:
+                    if must_be_empty and status != 304:
+                        continue
+                    has_length = True
+                elif watched is _TYPE:
+                    has_type = True
+                elif watched is _DATE:
+                    has_date = True
+                elif watched is _SERVER:
+                    has_server = True
+                else:  # Connection: the listener writes its own
+                    if b"close" in v.lower():
+                        keep = False
+                    continue
+            lines.append(b"%s: %s\r\n" % (k, v))
+        self._chunked = False
+        if not must_be_empty and request.method != "HEAD":
+            if not has_length:
+                if length is not None:
+                    lines.append(b"Content-Length: %d\r\n" % length)
+                elif http10:
+                    keep = False  # the end of the body is the end of the connection
+                else:
+                    self._chunked = True
+                    lines.append(b"Transfer-Encoding: chunked\r\n")
+            if not has_type and length != 0:
+                lines.append(b"Content-Type: application/octet-stream\r\n")
+        if not has_date:
+            lines.append(_date_line())
+        if not has_server:
+            lines.append(_SERVER_LINE)
+        if keep:
+            if http10:
+                lines.append(b"Connection: keep-alive\r\n")
+        elif not http10:
+            lines.append(b"Connection: close\r\n")
+        self._close = not keep
+        self._sent.status = status
+        lines.append(b"\r\n")
+        return b"".join(lines)
+
+    # The proxy's Reply (orchd.proxy.Reply).
+
+    async def whole(self, status: int, reason: str, headers: Headers, body: bytes, *,
+                    close: bool = False) -> None:
+        transport = self._writable()
+        head = self._head(status, reason, headers, len(body), close)
+        request = self._request
+        if body and request is not None and request.method != "HEAD" and status not in (
+                204, 304):
+            if len(body) < 4096:
+                transport.write(head + body)
+            else:  # one vectored write, no copy of the body
+                transport.writelines((head, body))
+            self._sent.body_length = len(body)
+        else:
+            transport.write(head)
+        self._finished = True
+        if self._write_paused:
+            await self._drained()
+
+    async def start(self, status: int, reason: str, headers: Headers, *,
+                    close: bool = False) -> None:
+        self._writable().write(self._head(status, reason, headers, None, close))
+
+    async def write(self, chunk: bytes) -> None:
+        transport = self._writable()
+        if not chunk:
+            return
+        if self._chunked:
+            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+        else:
+            transport.write(chunk)
+        self._sent.body_length += len(chunk)
+        if self._write_paused:
+            await self._drained()
+
+    async def finish(self) -> None:
+        if self._chunked:
+            self._writable().write(b"0\r\n\r\n")
+        self._finished = True
+        if self._write_paused:
+            await self._drained()
+
+    def abort(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            self._close = True
+            transport.abort()
+
+    def _writable(self) -> asyncio.Transport:
+        transport = self.transport
+        if transport is None or self._lost or transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        return transport
+
+    async def _drained(self) -> None:
+        if self._lost:
+            raise ConnectionResetError("the client went away")
+        if self._drain is None:
+            self._drain = self._loop.create_future()
+        await self._drain
+
+    # -- deadlines
+
+    def _tick(self) -> None:
+        """The header deadline (408, or a silent close if nothing came) and the keep-alive
+        idle time, checked when due; re-armed for whatever is due next."""
+        self._clock = None
+        if self._lost or self._handed:
+            return
+        limits = self._limits
+        now = self._loop.time()
+        if self._request is not None:
+            wait = limits.header_timeout  # answering: the body and send deadlines watch it
+        elif self._in_head:
+            wait = self._since + limits.header_timeout - now
+            if wait <= 0:
+                self.refuse(408, f"the request's headers did not arrive within "
+                                 f"{limits.header_timeout:g}s")
+                return
+        elif self._served == 0:
+            wait = self._since + limits.header_timeout - now
+            if wait <= 0:
+                server_logger.debug("closing a connection from %s that sent nothing within "
+                                    "%gs", self._remote, limits.header_timeout)
+                self.force_close()
+                return
+        else:
+            wait = self._since + KEEPALIVE_TIMEOUT - now
+            if wait <= 0:
+                self.force_close()
+                return
+        # Never later than one header timeout: a head may begin at any moment.
+        self._clock = self._loop.call_later(min(wait, limits.header_timeout), self._tick)
+
+    def _body_check(self) -> None:
+        self._body_timer = None
+        request = self._request
+        if request is None or not self._in_body:
+            return
+        payload = request.content
+        progress = payload.total_bytes - self._body_mark
+        # Not the client's fault when orchd is the one not reading (a slow upstream).
+        if progress >= BODY_PROGRESS or self._reading_paused or payload._buffer:
+            self._body_mark = payload.total_bytes
+            self._body_timer = self._loop.call_later(self._limits.body_timeout,
+                                                     self._body_check)
+            return
+        server_logger.info("cutting a request body from %s: %d bytes in the last %gs",
+                           self._remote, progress, self._limits.body_timeout)
+        payload.set_exception(body_too_slow(progress, self._limits.body_timeout))
+        self._in_body = False
+        self._close = True
+
+    def _send_expired(self) -> None:
+        self._send_timer = None
+        server_logger.info("closing a connection from %s: it read nothing of the answer "
+                           "for %gs", self._remote, self._limits.send_timeout)
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _cancel_timers(self) -> None:
+        for name in ("_clock", "_body_timer", "_send_timer"):
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
+
+    # -- what the server and the daemon's stop call (as on aiohttp's handlers)
+
+    def evictable(self) -> bool:
+        """No request in progress: idle keep-alive, or still sending its header section."""
+        return self._request is None
+
+    def refuse(self, status: int, detail: str) -> None:
+        """Answer ``status`` with a problem document and close, outside any request."""
+        server_logger.debug("refusing a connection from %s: %d %s", self._remote, status,
+                            detail)
+        self._cancel_timers()
+        transport = self.transport
+        self._close = True
+        if transport is None or transport.is_closing():
+            return
+        transport.write(raw_problem(status, detail))
+        close_lingering(transport, self._loop)
+
+    def force_close(self) -> None:
+        self._close = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def close(self) -> None:
+        """Stop taking requests: now if idle, else after the current answer."""
+        self._close = True
+        if self._request is None and self.transport is not None:
+            self.transport.close()
+
+    async def shutdown(self, timeout: float | None = 15.0) -> None:
+        self.close()
+        task = self._task
+        if task is not None and not task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(task), timeout)
+            except TimeoutError:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        if self.transport is not None and not self._handed:
+            self.transport.close()
+
+
+class _ChunkedEnd:
+    """Finds where a chunked body ends, so that the bytes after it (the next request) are
+    not fed to the parser with it. It follows the framing only; llhttp, fed the same bytes,
+    validates them (if the two disagreed, the parser would stop the connection)."""
+
+    __slots__ = ("left", "line", "trailer")
+
+    def __init__(self) -> None:
+        self.left = 0  # bytes of chunk data (and its CRLF) still to skip
+        self.line = b""  # a size or trailer line split across reads
+        self.trailer = False  # past the last chunk: trailer lines until an empty one
+
+    def end(self, data: bytes) -> int:
+        """The offset in ``data`` just past the body's end; -1 if it is not in ``data``."""
+        i, n = 0, len(data)
+        while i < n:
+            if self.left:
+                take = min(self.left, n - i)
+                self.left -= take
+                i += take
+                continue
+            j = data.find(b"\n", i)
+            if j < 0:
+                self.line += data[i:]
+                return -1
+            line, self.line = self.line + data[i:j], b""
+            i = j + 1
+            if self.trailer:
+                if line in (b"", b"\r"):
+                    return i
+                continue
+            try:
+                size = int(line.partition(b";")[0].strip(), 16)
+            except ValueError:
+                return -1  # malformed: the parser says so
+            if size < 0:
+                return -1
+            if size == 0:
+                self.trailer = True
+            else:
+                self.left = size + 2
+        return -1
+
+
+class _Stop(Exception):
+    """Stops the parser (raised from a callback)."""
+
+
+class FrontServer(GuardedServer):
+    """The public port's connection factory: ``FrontConnection``s, which pass connections
+    they do not serve on to aiohttp's ``GuardedHandler``s; both kinds counted together."""
+
+    def __init__(self, *args: Any, proxy: Proxy, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.proxy = proxy
+        self.state = proxy.state
+        self.loop = self._loop
+        log = self._kwargs.get("access_log")
+        access: AccessLogger | None = None
+        if log is not None:
+            access = self._kwargs["access_log_class"](log, "")
+            if not access.enabled:
+                access = None
+        self.access = access
+
+    def __call__(self) -> FrontConnection:  # type: ignore[override]  # not a RequestHandler
+        return FrontConnection(self, self._settings())
+
+    def aiohttp_handler(self) -> GuardedHandler:
+        return super().__call__()
+
+    def track(self, conn: FrontConnection, transport: asyncio.Transport) -> None:
+        self._connections[conn] = transport  # type: ignore[index]  # for stop and restart
+
+    def release(self, conn: FrontConnection) -> None:
+        self._connections.pop(conn, None)  # type: ignore[call-overload]
+        self.forget(conn)
+
+
+class _DateLine:
+    """The ``Date`` header line, formatted once a second."""
+
+    second = 0
+    line = b""
+
+    @classmethod
+    def now(cls) -> bytes:
+        now = int(time.time())
+        if cls.second != now:
+            cls.second = now
+            cls.line = f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
+        return cls.line
+
+
+_date_line = _DateLine.now
