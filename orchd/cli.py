@@ -13,12 +13,15 @@ import time
 from collections.abc import Sequence
 
 from orchd import __version__
+from orchd.accesslog import ACCESS_LINES
 from orchd.errors import ConfigError
 from orchd.loader import load_config
+from orchd.log import TEXT_FORMAT
 from orchd.model import Config
 from orchd.settings import LOG_LEVELS, Overrides, apply_overrides, find_config
 
-__all__ = ("EXIT_CONFIG", "EXIT_OK", "EXIT_STARTUP", "EXIT_USAGE", "main")
+__all__ = ("EXIT_CONFIG", "EXIT_OK", "EXIT_STARTUP", "EXIT_USAGE", "TEXT_FORMAT",
+           "JsonFormatter", "RedactingFilter", "configure_logging", "main")
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
@@ -34,9 +37,10 @@ _SECRET_PATTERNS = (
                r"api[_-]?key|admin_token|password)(['\"]?\s*[:=]\s*['\"]?)[^'\"\s,;}]+"),
     re.compile(r"(://[^/\s:@]+)(:)[^/\s@]+(?=@)"),  # a password in a URL
 )
-# One search that every pattern above needs to match first: most lines (every access line)
-# contain none of these, and skip the three substitutions.
-_SECRET_HINT = re.compile(r"(?i)bearer|basic|digest|auth|cookie|api[_-]?key|token|password|@")
+# Words one of the patterns above needs (lower case): most lines (every access line)
+# contain none of them, and skip the three substitutions.
+_SECRET_HINTS = ("bearer", "basic", "digest", "auth", "cookie", "api", "token", "password",
+                 "@")
 
 
 class RedactingFilter(logging.Filter):
@@ -52,20 +56,31 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        clean = message
-        for secret in self.secrets:
-            if secret in clean:
-                clean = clean.replace(secret, _REDACTED)
-        if _SECRET_HINT.search(clean) is not None:
-            for pattern in _SECRET_PATTERNS:
-                clean = pattern.sub(rf"\1\2{_REDACTED}", clean)
+        clean = self.redact(message)
         if clean != message:
             record.msg, record.args = clean, None
         return True
 
+    def redact(self, message: str) -> str:
+        clean = message
+        for secret in self.secrets:
+            if secret in clean:
+                clean = clean.replace(secret, _REDACTED)
+        low = clean.lower()
+        for hint in _SECRET_HINTS:
+            if hint in low:
+                break
+        else:
+            return clean
+        for pattern in _SECRET_PATTERNS:
+            clean = pattern.sub(rf"\1\2{_REDACTED}", clean)
+        return clean
+
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; access log fields become keys of their own."""
+
+    writes_json = True  # orchd.accesslog writes its lines in the same shape
 
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, object] = {
@@ -94,8 +109,9 @@ def configure_logging(level: str, fmt: str = "text", log_file: str | None = None
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.addFilter(RedactingFilter(secrets))
+    handler.addFilter(ACCESS_LINES.before_record)  # buffered access lines keep their place
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)

@@ -28,7 +28,7 @@ import aiohttp
 from aiohttp import web
 
 from orchd import __version__, handover, systemd
-from orchd.accesslog import access_logger_class
+from orchd.accesslog import ACCESS_LINES, access_logger_class
 from orchd.api import build_control_app, build_public_app
 from orchd.api.control import RESTART
 from orchd.balancer import RetryBudget
@@ -193,7 +193,7 @@ class Daemon:
         shutdown = server.shutdown_timeout
         # One hook per finished request: the access log line and the request metrics.
         public_runner = GuardedRunner(
-            public, settings=lambda: state.config.server,
+            public, settings=lambda: state.config.server, proxy=proxy,
             handle_signals=False, shutdown_timeout=shutdown,
             access_log=access_logger if server.access_log or metrics is not None else None,
             access_log_class=access_logger_class(metrics, server.access_log),
@@ -347,6 +347,7 @@ class Daemon:
         self.stop_event.set()
 
     def _on_reopen_signal(self) -> None:
+        ACCESS_LINES.flush()  # into the file being rotated away, before it is closed
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.FileHandler):
                 handler.close()  # reopened on the next record
@@ -398,6 +399,7 @@ class Daemon:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._store_task
         await state.store.close()
+        ACCESS_LINES.flush()
         if self._handed_over is not None:
             server_logger.info("stopped; pid %d serves on", self._handed_over)
         else:

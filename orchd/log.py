@@ -3,6 +3,7 @@
 import logging
 
 __all__ = (
+    "TEXT_FORMAT",
     "access_logger",
     "config_logger",
     "health_logger",
@@ -10,6 +11,8 @@ __all__ = (
     "registry_logger",
     "server_logger",
 )
+
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # log_format: text
 
 server_logger = logging.getLogger("orchd.server")
 config_logger = logging.getLogger("orchd.config")
