@@ -6,8 +6,12 @@
 # See docs/deployment.md.
 
 FROM python:3.11-slim AS build
+# A C compiler for the request path, compiled with mypyc (setup.py); not in the final image.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY orchd ./orchd
 COPY orchctl ./orchctl
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .

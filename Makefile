@@ -8,7 +8,10 @@ DESTDIR ?=
 
 .PHONY: run test lint check-config install bench bench-deps bench-reload bench-propagation bench-health soak clean sysdeps bench-metrics
 
-$(STAMP): pyproject.toml
+# The request path is compiled with mypyc (setup.py): a change to it reinstalls.
+COMPILED := orchd/front.py orchd/proxy.py orchd/upstream.py
+
+$(STAMP): pyproject.toml setup.py $(COMPILED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -e '.[test,lint]'
@@ -63,6 +66,7 @@ check-config: $(STAMP)
 
 clean:
 	rm -rf run build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts
+	rm -f orchd/*.so
 
 ## bench-deps: the Debian packages the benchmarks use (wrk, nginx-light, caddy, util-linux)
 bench-deps:

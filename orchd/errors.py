@@ -6,7 +6,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ("ConfigError", "FieldError", "ProblemError", "StoreError")
+__all__ = ("ConfigError", "FieldError", "ProblemError", "StoreError", "UpstreamBroke",
+           "UpstreamConnectError")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +49,14 @@ class ConfigError(Exception):
 
 class StoreError(Exception):
     """The registry store cannot be read or written."""
+
+
+class UpstreamConnectError(OSError):
+    """The connection to the upstream could not be opened (refused, unreachable, DNS)."""
+
+
+class UpstreamBroke(ConnectionError):
+    """The upstream closed or garbled the exchange after the connection was open."""
 
 
 @dataclass(eq=False)

@@ -30,7 +30,7 @@ import asyncio
 import contextlib
 import time
 from email.utils import formatdate
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 from urllib.parse import parse_qsl, unquote
 
 import httptools
@@ -60,6 +60,7 @@ from orchd.router import PREFIX
 if TYPE_CHECKING:
     from orchd.accesslog import AccessLogger
     from orchd.proxy import Headers, Proxy
+    from orchd.upstream import Body
 
 __all__ = ("FrontConnection", "FrontRequest", "FrontServer")
 
@@ -79,9 +80,7 @@ class FrontRequest(dict[str, Any]):
     of ``web.Request`` they use, and its item store (``request["endpoint"]``)."""
 
     __slots__ = ("body_exists", "content", "content_length", "headers", "keep_alive",
-                 "method", "raw_path", "remote", "task", "transport", "version")
-
-    secure = False  # the public listener is plain HTTP; TLS terminates in front of orchd
+                 "method", "raw_path", "remote", "secure", "task", "transport", "version")
 
     def __init__(self, method: str, raw_path: str, version: str,
                  headers: CIMultiDictProxy[str], remote: str,
@@ -93,6 +92,7 @@ class FrontRequest(dict[str, Any]):
         self.remote = remote
         self.transport = transport
         self.keep_alive = keep_alive
+        self.secure = False  # the public listener is plain HTTP; TLS ends in front of orchd
         self.content_length: int | None = None
         self.body_exists = False
         self.content: StreamReader = EMPTY_PAYLOAD
@@ -581,7 +581,7 @@ class FrontConnection(asyncio.Protocol):
 
     # The proxy's Reply (orchd.proxy.Reply).
 
-    async def whole(self, status: int, reason: str, headers: Headers, body: bytes, *,
+    async def whole(self, status: int, reason: str, headers: Headers, body: Body, *,
                     close: bool = False) -> None:
         transport = self._writable()
         head = self._head(status, reason, headers, len(body), close)
@@ -603,12 +603,12 @@ class FrontConnection(asyncio.Protocol):
                     close: bool = False) -> None:
         self._writable().write(self._head(status, reason, headers, None, close))
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Body) -> None:
         transport = self._writable()
         if not chunk:
             return
         if self._chunked:
-            transport.write(b"%x\r\n%b\r\n" % (len(chunk), chunk))
+            transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
         else:
             transport.write(chunk)
         self._sent.body_length += len(chunk)
@@ -832,8 +832,8 @@ class FrontServer(GuardedServer):
 class _DateLine:
     """The ``Date`` header line, formatted once a second."""
 
-    second = 0
-    line = b""
+    second: ClassVar[int] = 0
+    line: ClassVar[bytes] = b""
 
     @classmethod
     def now(cls) -> bytes:

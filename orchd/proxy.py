@@ -13,24 +13,24 @@ import itertools
 import json
 import os
 import time
-from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import hdrs, web
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestPayloadError
 from multidict import CIMultiDictProxy
 from yarl import URL
 
 from orchd.balancer import RetryBudget, choose
-from orchd.errors import ProblemError
+from orchd.errors import ProblemError, UpstreamBroke, UpstreamConnectError
 from orchd.inflight import InFlight
 from orchd.log import proxy_logger
 from orchd.model import IDEMPOTENT_METHODS
 from orchd.router import PREFIX, PathError, Route, map_path
 from orchd.state import GatewayState
 from orchd.target import Target
-from orchd.upstream import UpstreamBroke, UpstreamConnectError, UpstreamPool, UpstreamResponse
+from orchd.upstream import Body, UpstreamPool
 from orchd.upstream_policy import policy_for
 
 __all__ = ("HOP_BY_HOP", "BodyTooLarge", "Headers", "Proxy", "Reply")
@@ -64,6 +64,34 @@ class BodyTooLarge(Exception):
 class ClientBodyBroke(Exception):
     """The client's request body broke off (it went away, or framed it wrongly): not the
     upstream's fault, so its breaker does not hear of it."""
+
+
+class _LimitedBody:
+    """The client's request body in chunks: ``BodyTooLarge`` past ``limit`` bytes,
+    ``ClientBodyBroke`` if it breaks off. An iterator class rather than an async
+    generator, so that the module compiles with mypyc (see docs/performance.md)."""
+
+    __slots__ = ("_content", "_limit", "_seen")
+
+    def __init__(self, content: StreamReader, limit: int) -> None:
+        self._content = content
+        self._limit = limit
+        self._seen = 0
+
+    def __aiter__(self) -> _LimitedBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._content.read(CHUNK)
+        except (OSError, RequestPayloadError) as exc:
+            raise ClientBodyBroke(f"{type(exc).__name__}: {exc}") from exc
+        if not chunk:
+            raise StopAsyncIteration
+        self._seen += len(chunk)
+        if self._seen > self._limit:
+            raise BodyTooLarge(self._seen)
+        return chunk
 
 
 class _UpstreamFailed(Exception):
@@ -236,17 +264,6 @@ class Proxy:
                 ("X-Request-ID", rid))
         return out
 
-    async def _body(self, request: web.Request, limit: int) -> AsyncIterator[bytes]:
-        seen = 0
-        try:
-            async for chunk in request.content.iter_chunked(CHUNK):
-                seen += len(chunk)
-                if seen > limit:
-                    raise BodyTooLarge(seen)
-                yield chunk
-        except (OSError, RequestPayloadError) as exc:
-            raise ClientBodyBroke(f"{type(exc).__name__}: {exc}") from exc
-
     async def _forward(self, request: Any, reply: Reply, route: Route, segments: list[str],
                        query: str, rid: str, started: float,
                        max_body: int) -> web.Response | None:
@@ -298,12 +315,11 @@ class Proxy:
         target.requests += 1
         request["target"] = target.url
         reported = False
-        upstream: UpstreamResponse | None = None
         try:
             try:
                 upstream = await self.upstream.request(
                     self.upstream.origin_for(target.url), method, url, headers,
-                    self._body(request, max_body) if has_body else None,
+                    _LimitedBody(request.content, max_body) if has_body else None,
                     request.content_length if has_body else None,
                     connect_timeout, timeout=route.spec.timeout,
                 )
@@ -313,11 +329,11 @@ class Proxy:
                 raise ProblemError(413, "Request body too large",
                                    f"the body is larger than the limit of {max_body} bytes",
                                    headers=ep_headers) from None
-            except ClientBodyBroke as exc:
+            except ClientBodyBroke as broke:  # (each clause its own name: mypyc types them)
                 breaker.release()
                 reported = True
                 raise ProblemError(400, "Request body incomplete",
-                                   f"the client's request body broke off: {exc}",
+                                   f"the client's request body broke off: {broke}",
                                    headers=ep_headers) from None
             except TimeoutError:
                 breaker.failure(f"timeout after {route.spec.timeout:g}s")
@@ -328,8 +344,8 @@ class Proxy:
                     f"{route.name}: {target.url} did not answer within {route.spec.timeout:g}s",
                     headers=ep_headers, extra={"reason": "upstream_timeout"}),
                     "timeout", retriable=False) from None
-            except UpstreamConnectError as exc:
-                why = exc.strerror or str(exc)
+            except UpstreamConnectError as refused:
+                why = refused.strerror or str(refused)
                 breaker.failure(f"connect error: {why}")
                 request["upstream_error"] = "refused"
                 reported = True
@@ -356,58 +372,62 @@ class Proxy:
                     headers=ep_headers, extra={"reason": "upstream_broke"}),
                     reason, retriable=False) from None
 
-            status = upstream.status
-            if status >= 500:
-                breaker.failure(f"HTTP {status}")
-                request["upstream_error"] = "5xx"
-                reported = True
-            out, length = _response_headers(upstream.raw_headers)
-            out += ((b"X-Request-ID", rid.encode()), (b"X-Endpoint-ID", route.name.encode()),
-                    (b"X-Response-Time",
-                     b"%.2fms" % ((time.perf_counter() - started) * 1000)))
+            # (The response is released in a finally of its own: it exists only once
+            # the request got one; mypyc would not let a None pass for it.)
             try:
-                if upstream.complete or method == "HEAD" or status in (204, 304):
-                    # A whole answer already read (most small ones) leaves in one write.
-                    await reply.whole(status, upstream.reason, out, upstream.take_buffered()
-                                      if method != "HEAD" else b"", close=self.state.stopping)
-                elif length is not None and length <= GATHER_LIMIT:
-                    # Small enough to gather first: one write instead of one per read.
-                    try:
-                        body = await upstream.body(route.spec.timeout)
-                    except (UpstreamBroke, TimeoutError):
-                        # As if it had streamed: the head and what arrived, then the cut.
-                        await reply.start(status, upstream.reason, out, close=True)
-                        await reply.write(upstream.take_buffered())
-                        raise
-                    await reply.whole(status, upstream.reason, out, body,
-                                      close=self.state.stopping)
-                else:
-                    await reply.start(status, upstream.reason, out, close=self.state.stopping)
-                    async for chunk in upstream.chunks(route.spec.timeout):
-                        await reply.write(chunk)
-                    await reply.finish()
-            except ConnectionResetError:
-                # The client went away mid-answer: nothing to send, nothing learnt about the
-                # upstream (the breaker is released below), and not an error of the gateway.
-                return
-            except (UpstreamBroke, TimeoutError) as exc:
-                request["upstream_error"] = "timeout" if isinstance(exc, TimeoutError) else "reset"
-                if not reported:
-                    breaker.failure(f"body broke: {type(exc).__name__}")
+                status = upstream.status
+                if status >= 500:
+                    breaker.failure(f"HTTP {status}")
+                    request["upstream_error"] = "5xx"
                     reported = True
-                proxy_logger.warning("%s: upstream %s broke mid-body: %r",
-                                     route.name, target.url, exc)
-                reply.abort()
-                return
-            if not reported:
-                breaker.success()
-                reported = True
+                out, length = _response_headers(upstream.raw_headers)
+                out += ((b"X-Request-ID", rid.encode()), (b"X-Endpoint-ID", route.name.encode()),
+                        (b"X-Response-Time",
+                         b"%.2fms" % ((time.perf_counter() - started) * 1000)))
+                try:
+                    if upstream.complete or method == "HEAD" or status in (204, 304):
+                        # A whole answer already read (most small ones) leaves in one write.
+                        await reply.whole(status, upstream.reason, out, upstream.take_buffered()
+                                          if method != "HEAD" else b"", close=self.state.stopping)
+                    elif length is not None and length <= GATHER_LIMIT:
+                        # Small enough to gather first: one write instead of one per read.
+                        try:
+                            body = await upstream.body(route.spec.timeout)
+                        except (UpstreamBroke, TimeoutError):
+                            # As if it had streamed: the head and what arrived, then the cut.
+                            await reply.start(status, upstream.reason, out, close=True)
+                            await reply.write(upstream.take_buffered())
+                            raise
+                        await reply.whole(status, upstream.reason, out, body,
+                                          close=self.state.stopping)
+                    else:
+                        await reply.start(status, upstream.reason, out, close=self.state.stopping)
+                        async for chunk in upstream.chunks(route.spec.timeout):
+                            await reply.write(chunk)
+                        await reply.finish()
+                except ConnectionResetError:
+                    # The client went away mid-answer: nothing to send, nothing learnt about the
+                    # upstream (the breaker is released below), and not an error of the gateway.
+                    return
+                except (UpstreamBroke, TimeoutError) as cut:
+                    kind = "timeout" if isinstance(cut, TimeoutError) else "reset"
+                    request["upstream_error"] = kind
+                    if not reported:
+                        breaker.failure(f"body broke: {type(cut).__name__}")
+                        reported = True
+                    proxy_logger.warning("%s: upstream %s broke mid-body: %r",
+                                         route.name, target.url, cut)
+                    reply.abort()
+                    return
+                if not reported:
+                    breaker.success()
+                    reported = True
+            finally:
+                upstream.release()
         finally:
             target.in_flight -= 1
             if not reported:
                 breaker.release()
-            if upstream is not None:
-                upstream.release()
 
     async def _websocket(self, request: web.Request, route: Route, segments: list[str],
                          query: str, rid: str) -> web.StreamResponse:
@@ -527,7 +547,7 @@ class Reply(Protocol):
     listener's own writer (``orchd.front``). Writes raise ``ConnectionResetError`` once the
     client is gone. ``close`` asks for the connection to end after this answer."""
 
-    async def whole(self, status: int, reason: str, headers: Headers, body: bytes, *,
+    async def whole(self, status: int, reason: str, headers: Headers, body: Body, *,
                     close: bool = False) -> None:
         """The complete answer, head and body in one write."""
 
@@ -535,7 +555,7 @@ class Reply(Protocol):
                     close: bool = False) -> None:
         """The head of an answer whose body follows by ``write`` and ends by ``finish``."""
 
-    async def write(self, chunk: bytes) -> None: ...
+    async def write(self, chunk: Body) -> None: ...
 
     async def finish(self) -> None: ...
 
@@ -562,7 +582,7 @@ class _StreamReply:
         self.response = resp
         return resp
 
-    async def whole(self, status: int, reason: str, headers: Headers, body: bytes, *,
+    async def whole(self, status: int, reason: str, headers: Headers, body: Body, *,
                     close: bool = False) -> None:
         resp = self._prepared(_OneWriteResponse(status=status, reason=reason), headers, close)
         await resp.prepare(self.request)
@@ -575,7 +595,7 @@ class _StreamReply:
         resp = self._prepared(web.StreamResponse(status=status, reason=reason), headers, close)
         await resp.prepare(self.request)
 
-    async def write(self, chunk: bytes) -> None:
+    async def write(self, chunk: Body) -> None:
         await self.response.write(chunk)
 
     async def finish(self) -> None:

@@ -26,21 +26,17 @@ from typing import Final, cast
 import httptools
 from yarl import URL
 
-__all__ = ("UpstreamBroke", "UpstreamConnectError", "UpstreamPool", "UpstreamResponse")
+from orchd.errors import UpstreamBroke, UpstreamConnectError
 
+__all__ = ("Body", "UpstreamBroke", "UpstreamConnectError", "UpstreamPool", "UpstreamResponse")
+
+# What the pool hands over of a body: bytes, or a view into what the socket delivered.
+Body = bytes | memoryview
 # Pause reading from an upstream once this much of its body waits for a slow client.
 _READ_HIGH_WATER: Final = 512 * 1024
 _READ_LOW_WATER: Final = 128 * 1024
 # An answer's status line and headers may not exceed this (Envoy's default is 60 KiB).
 MAX_RESPONSE_HEAD: Final = 64 * 1024
-
-
-class UpstreamConnectError(OSError):
-    """The connection to the upstream could not be opened (refused, unreachable, DNS)."""
-
-
-class UpstreamBroke(ConnectionError):
-    """The upstream closed or garbled the exchange after the connection was open."""
 
 
 class _Origin:
@@ -90,7 +86,7 @@ class UpstreamResponse:
         conn = self._conn
         return conn is not None and conn.eof and conn.exc is None
 
-    def take_buffered(self) -> bytes:
+    def take_buffered(self) -> Body:
         """The body received so far, removed from the buffer (one join, no copy for one chunk)."""
         conn = self._conn
         if conn is None or not conn.chunks:
@@ -102,23 +98,11 @@ class UpstreamResponse:
         conn.maybe_resume()
         return data
 
-    async def chunks(self, read_timeout: float) -> AsyncIterator[bytes]:
+    def chunks(self, read_timeout: float) -> AsyncIterator[Body]:
         """Body chunks as they arrive; raises ``UpstreamBroke`` or ``TimeoutError``."""
-        conn = self._conn
-        if conn is None or self.head_only:
-            return
-        while True:
-            if conn.chunks:
-                data = self.take_buffered()
-                yield data
-                continue
-            if conn.exc is not None:
-                raise conn.exc
-            if conn.eof:
-                return
-            await conn.wait_body(read_timeout)
+        return _Chunks(self, read_timeout)
 
-    async def body(self, read_timeout: float) -> bytes:
+    async def body(self, read_timeout: float) -> Body:
         """The whole body, once it has arrived; raises as ``chunks()`` does."""
         conn = self._conn
         if conn is None or self.head_only:
@@ -141,15 +125,48 @@ class UpstreamResponse:
             conn.close()
 
 
+class _Chunks:
+    """``UpstreamResponse.chunks()``: an iterator class rather than an async generator, so
+    that the module compiles with mypyc (see docs/performance.md)."""
+
+    __slots__ = ("_response", "_timeout")
+
+    def __init__(self, response: UpstreamResponse, read_timeout: float) -> None:
+        self._response = response
+        self._timeout = read_timeout
+
+    def __aiter__(self) -> _Chunks:
+        return self
+
+    async def __anext__(self) -> Body:
+        response = self._response
+        conn = response._conn
+        if conn is None or response.head_only:
+            raise StopAsyncIteration
+        while True:
+            if conn.chunks:
+                return response.take_buffered()
+            if conn.exc is not None:
+                raise conn.exc
+            if conn.eof:
+                raise StopAsyncIteration
+            await conn.wait_body(self._timeout)
+
+
 class _Connection(asyncio.Protocol):
     """One upstream connection; one exchange at a time."""
 
     __slots__ = (
         "_drain",
         "_head_waiter",
+        "_left",
+        "_length",
+        "_loop",
         "_lost",
         "_parser",
         "_paused_reading",
+        "_received",
+        "_stale_parser",
         "_waiter",
         "body_sent",
         "buffered",
@@ -169,8 +186,10 @@ class _Connection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, origin: _Origin) -> None:
+    def __init__(self, origin: _Origin, loop: asyncio.AbstractEventLoop) -> None:
         self.origin = origin
+        # Kept, not looked up: asyncio.get_running_loop() costs a getpid() system call.
+        self._loop = loop
         self.transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._lost = False
@@ -178,14 +197,21 @@ class _Connection(asyncio.Protocol):
         self._head_waiter: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused_reading = False
+        self._stale_parser = False
         self.idle_since = 0.0
         self._reset()
 
     def _reset(self) -> None:
+        if self._stale_parser:
+            self._parser = httptools.HttpResponseParser(self)
+            self._stale_parser = False
+        self._length = -1  # the answer's Content-Length, if it has one
+        self._received = 0  # body bytes llhttp has handed over
+        self._left = 0  # body bytes still to come past llhttp
         self.reason = b""
         self.header_list: list[tuple[bytes, bytes]] = []  # as received
         self.status = 0
-        self.chunks: collections.deque[bytes] = collections.deque()
+        self.chunks: collections.deque[Body] = collections.deque()
         self.buffered = 0
         self.eof = False
         self.exc: BaseException | None = None
@@ -203,6 +229,39 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.got_bytes = True
+        left = self._left
+        if not left and self.status == 0 and self.exc is None:
+            end = data.find(b"\r\n\r\n")
+            if 0 <= end < len(data) - 4:
+                # A head and some body in one read: parse the head alone; if the body has
+                # a Content-Length, the rest is taken as a view, not copied by llhttp.
+                view = memoryview(data)
+                self._feed(view[:end + 4])
+                if self._left:
+                    self._body_bytes(view[end + 4:])
+                elif self.exc is None and not self.eof:
+                    self._feed(view[end + 4:])
+                else:
+                    self.keep_alive = False  # bytes after a whole answer: not reusable
+                return
+        if left:
+            self._body_bytes(data)
+            return
+        self._feed(data)
+
+    def _body_bytes(self, data: Body) -> None:
+        """The rest of a Content-Length body: taken as it came, past llhttp (no copy)."""
+        left = self._left
+        if len(data) > left:  # more than the answer announced: not reusable
+            data = data[:left]
+            self.keep_alive = False
+        self._left = left - len(data)
+        self._take(data)
+        if not self._left:
+            self.eof = True
+            self._wake()
+
+    def _feed(self, data: Body) -> None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -215,6 +274,12 @@ class _Connection(asyncio.Protocol):
             if self.head_bytes > MAX_RESPONSE_HEAD:
                 self._fail(UpstreamBroke(f"response header section larger than "
                                          f"{MAX_RESPONSE_HEAD} bytes"))
+        elif (self._length >= 0 and not self.eof and self.exc is None
+                and self._received < self._length):
+            # The head has been parsed and the body announced its length: what remains of
+            # it skips the parser, which is replaced for the connection's next answer.
+            self._left = self._length - self._received
+            self._stale_parser = True
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -233,7 +298,7 @@ class _Connection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         if self._drain is None:
-            self._drain = asyncio.get_running_loop().create_future()
+            self._drain = self._loop.create_future()
 
     def resume_writing(self) -> None:
         drain, self._drain = self._drain, None
@@ -246,8 +311,13 @@ class _Connection(asyncio.Protocol):
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if len(name) in (14, 17) and name.lower() in (b"content-length", b"transfer-encoding"):
-            self.framed = True
+        if len(name) in (14, 17):
+            low = name.lower()
+            if low == b"content-length":
+                self.framed = True
+                self._length = int(value) if value.isdigit() else -1
+            elif low == b"transfer-encoding":
+                self.framed = True
         self.header_list.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -274,6 +344,10 @@ class _Connection(asyncio.Protocol):
     def on_body(self, body: bytes) -> None:
         if self.head_only or not body:
             return
+        self._received += len(body)
+        self._take(body)
+
+    def _take(self, body: Body) -> None:
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > _READ_HIGH_WATER and not self._paused_reading:
@@ -323,10 +397,13 @@ class _Connection(asyncio.Protocol):
                 self.transport.resume_reading()
 
     async def wait_body(self, timeout: float) -> None:
-        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        waiter = self._waiter = self._loop.create_future()
         self.maybe_resume()
-        async with asyncio.timeout(timeout):
+        timer = self._loop.call_later(timeout, _time_out, waiter)
+        try:
             await waiter
+        finally:
+            timer.cancel()
 
     async def drain(self) -> None:
         if self._lost:
@@ -355,8 +432,13 @@ class _Connection(asyncio.Protocol):
     def start(self, head_only: bool) -> asyncio.Future[None]:
         self._reset()
         self.head_only = head_only
-        waiter = self._head_waiter = asyncio.get_running_loop().create_future()
+        waiter = self._head_waiter = self._loop.create_future()
         return waiter
+
+
+def _time_out(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("the upstream sent nothing in time"))
 
 
 class UpstreamPool:
@@ -375,6 +457,7 @@ class UpstreamPool:
         self._by_url: dict[str, _Origin] = {}
         self._last_sweep = time.monotonic()
         self._closed = False
+        self._loop: asyncio.AbstractEventLoop | None = None  # the first request's
         self.opened = 0  # connections opened so far (tests and the benchmark read it)
         # Asked with the address each new connection reached: a reason refuses it.
         self.check_address: Callable[[str], str | None] | None = None
@@ -412,7 +495,9 @@ class UpstreamPool:
         the upstream's think time) with one timer handle: cheaper than ``asyncio.timeout``.
         Raises ``UpstreamConnectError``, ``UpstreamBroke`` or ``TimeoutError``.
         """
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout if timeout is not None else None
         lines = [f"{method} {target} HTTP/1.1\r\nHost: {origin.host_header}\r\n"]
         lines.extend(f"{k}: {v}\r\n" for k, v in headers)
@@ -451,7 +536,7 @@ class UpstreamPool:
                         head_only: bool, deadline: float | None) -> UpstreamResponse:
         head_waiter = conn.start(head_only)
         sender: asyncio.Task[None] | None = None
-        timer = (asyncio.get_running_loop().call_at(deadline, conn.expire)
+        timer = (conn._loop.call_at(deadline, conn.expire)
                  if deadline is not None else None)
         try:
             if body is None:
@@ -499,7 +584,7 @@ class UpstreamPool:
         try:
             async with asyncio.timeout(timeout):
                 transport, conn = await loop.create_connection(
-                    lambda: _Connection(origin), origin.host, origin.port, ssl=origin.ssl,
+                    lambda: _Connection(origin, loop), origin.host, origin.port, ssl=origin.ssl,
                     server_hostname=origin.server_hostname)
         except OSError as exc:
             if isinstance(exc, UpstreamConnectError):

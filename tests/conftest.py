@@ -1,12 +1,32 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.support import Orchd, Upstream, echo_app
+
+_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _stale_extensions() -> list[str]:
+    """Modules whose compiled extension (setup.py) is older than their source: Python would
+    import the extension, so the tests would run yesterday's code."""
+    stale = []
+    for source in ("front", "proxy", "upstream"):
+        py = _ROOT / "orchd" / f"{source}.py"
+        for ext in py.parent.glob(f"{source}.*.so"):
+            if ext.stat().st_mtime < py.stat().st_mtime:
+                stale.append(str(py.relative_to(_ROOT)))
+    return stale
+
+
+if _stale_extensions():
+    pytest.exit(f"{', '.join(_stale_extensions())} changed after it was compiled: run `make` "
+                "(or `.venv/bin/pip install -e .`) to rebuild, or `make clean`", returncode=2)
 
 
 @pytest.fixture
