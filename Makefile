@@ -13,8 +13,10 @@ COMPILED := orchd/front.py orchd/proxy.py orchd/upstream.py
 
 $(STAMP): pyproject.toml setup.py $(COMPILED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[test,lint]'
+	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=68'
+	ORCHD_PURE=1 $(BIN)/python -m pip install -q -e '.[test,lint]'
+	@# Then compiled (setup.py): mypyc type-checks against the dependencies just installed.
+	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .
 	touch $(STAMP)
 
 ## run: orchd in the foreground on the example config, port 8000, state under ./run/

@@ -2,8 +2,11 @@
 
 ``orchd/front.py``, ``orchd/proxy.py`` and ``orchd/upstream.py`` are plain, fully typed
 Python; compiled to C extensions by mypyc they take less CPU per proxied request (see
-docs/performance.md). Without a C compiler, or with ``ORCHD_PURE=1``, they install as Python
-modules: the same behaviour, slower. Everything else is in pyproject.toml.
+docs/performance.md). mypyc type-checks them first, so the build must see orchd's
+dependencies: build without isolation in an environment that has them (the Makefile and the
+Dockerfile do). Where it cannot (an isolated build, no C compiler) or with ``ORCHD_PURE=1``,
+they install as Python modules: the same behaviour, slower. Everything else is in
+pyproject.toml.
 """
 
 import os
@@ -20,7 +23,11 @@ def _extensions() -> list:
         from mypyc.build import mypycify
     except ImportError:
         return []
-    extensions = mypycify(COMPILED, opt_level="3", group_name="orchd._compiled")
+    try:
+        extensions = mypycify(COMPILED, opt_level="3", group_name="orchd._compiled")
+    except (SystemExit, Exception) as exc:  # mypyc exits on type errors
+        print(f"setup.py: not compiling the request path ({exc!r}); it installs as Python")
+        return []
     for ext in extensions:
         ext.optional = True  # a failed compile leaves the Python modules in place
     return extensions
