@@ -248,9 +248,9 @@ class FrontConnection(asyncio.Protocol):
 
     def on_message_begin(self) -> None:
         if not self._feeding_head:
-            # A request right behind a chunked body, in the same read: where it starts is
-            # unknown, so it is not served; the connection ends after the current answer
-            # (a pipelining client retries on a new one, RFC 9112 section 9.3.2).
+            # llhttp found a message's end before _ChunkedEnd did (they should agree): where
+            # the next request starts is unknown, so it is not served; the connection ends
+            # after the current answer (a pipelining client retries, RFC 9112 section 9.3.2).
             self._close = True
             raise _Stop
 
