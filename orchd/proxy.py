@@ -434,9 +434,9 @@ class Proxy:
         target = self._pick(route, set())
         try:
             path = map_path(target.base_path, segments)
-        except PathError as exc:
+        except PathError as bad:
             target.breaker.release()
-            raise ProblemError(400, "Invalid path", str(exc)) from None
+            raise ProblemError(400, "Invalid path", str(bad)) from None
         url = URL(f"{target.origin}{path}" + (f"?{query}" if query else ""), encoded=True)
         headers = self._upstream_headers(request, rid, _WS_DROP)
         protocols = [p.strip() for p in
@@ -449,11 +449,11 @@ class Proxy:
                     up = await self.session.ws_connect(url, headers=headers,
                                                        protocols=protocols, autoping=False,
                                                        max_msg_size=0)
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                reason = f"websocket connect failed: {type(exc).__name__}: {exc}"
+            except (aiohttp.ClientError, OSError, TimeoutError) as failed:
+                reason = f"websocket connect failed: {type(failed).__name__}: {failed}"
                 target.breaker.failure(reason)
                 request["upstream_error"] = (
-                    "timeout" if isinstance(exc, TimeoutError) else "refused")
+                    "timeout" if isinstance(failed, TimeoutError) else "refused")
                 raise ProblemError(502, "Upstream refused the WebSocket", f"{route.name}: "
                                    f"{target.url}: {reason}",
                                    headers={"X-Endpoint-ID": route.name}) from None

@@ -16,7 +16,7 @@ import re
 from aiohttp import web
 
 from tests.integration.rawhttp import connect, endpoint, read_answer
-from tests.support import base_config
+from tests.support import base_config, free_port
 
 _VARYING = {b"date", b"x-request-id", b"x-response-time", b"content-length"}
 
@@ -197,3 +197,14 @@ async def test_connection_close_request_is_honoured(orchd_factory, upstream_fact
     assert answer.status == 200
     assert _headers(answer.head)[b"connection"] == b"close"
     assert answer.closed
+
+
+async def test_a_websocket_to_an_unreachable_upstream_gets_502(orchd_factory):
+    # Upgrades go to aiohttp's side of the listener; the failure is still a problem document.
+    gw = orchd_factory(base_config(endpoint("dead", f"http://127.0.0.1:{free_port()}")))
+    head = (b"GET /orchestrator/dead/ws HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n")
+    (answer,) = await _on_one_connection(gw.port, head)
+    assert answer.status == 502, (answer.head, answer.body)
+    assert json.loads(answer.body)["title"] == "Upstream refused the WebSocket"
