@@ -20,8 +20,14 @@ def _extensions() -> list:
     if os.environ.get("ORCHD_PURE"):
         return []
     try:
+        # mypyc type-checks the modules against the dependencies: without them (an
+        # isolated build), it would only fail after a minute of work.
+        import aiohttp  # noqa: F401
+        import httptools  # noqa: F401
         from mypyc.build import mypycify
     except ImportError:
+        print("setup.py: mypyc or orchd's dependencies are not importable here: "
+              "the request path installs as Python")
         return []
     try:
         extensions = mypycify(COMPILED, opt_level="3", group_name="orchd._compiled")

@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 
-from tests.support import IN_CI, free_port, short_tmpdir, wait_until
+from tests.support import IN_CI, fixed_port, short_tmpdir, wait_until
 
 # Short raft timings: a lost leader is replaced within about a second.
 RAFT_FLAGS = ("--heartbeat-interval", "50", "--election-timeout", "500")
@@ -70,7 +70,7 @@ class EtcdCluster:
         self.binary = etcd_binary()
         self.dir = short_tmpdir()
         self.members = [
-            Member(f"m{i}", free_port(), free_port(), self.dir / f"m{i}.etcd",
+            Member(f"m{i}", fixed_port(), fixed_port(), self.dir / f"m{i}.etcd",
                    self.dir / f"m{i}.log")
             for i in range(size)
         ]
