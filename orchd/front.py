@@ -29,7 +29,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Mapping
 from email.utils import formatdate
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 from urllib.parse import parse_qsl, unquote
 
@@ -110,6 +112,9 @@ class FrontRequest(dict[str, Any]):
             parse_qsl(self.raw_path.partition("?")[2], keep_blank_values=True)))
 
 
+_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
+
+
 class _Sent:
     """What the access log reads of an answer."""
 
@@ -118,7 +123,7 @@ class _Sent:
     def __init__(self) -> None:
         self.status = 0
         self.body_length = 0
-        self.headers: dict[str, str] = {}
+        self.headers: Mapping[str, str] = _NO_HEADERS  # the request id is on the request
 
 
 class FrontConnection(asyncio.Protocol):
@@ -138,8 +143,7 @@ class FrontConnection(asyncio.Protocol):
         self._complete = False  # the parser reached the end of the current message
         self._head_info: tuple[bytes, str, bool] = (b"", "", False)  # method, version, keep
         self._feeding_head = False
-        self._request: FrontRequest | None = None  # the request being answered
-        self._task: asyncio.Task[None] | None = None
+        self._request: FrontRequest | None = None  # the request being answered (its task)
         self._in_body = False  # the current request's body is still arriving
         self._body_left = -1  # its Content-Length still to come; -1: chunked
         self._body_mark = 0
@@ -288,14 +292,16 @@ class FrontConnection(asyncio.Protocol):
         if not self._in_head:  # the header deadline runs from a request's first byte
             self._in_head = True
             self._since = self._loop.time()
+        space = buf.find(b" ")
+        if (space >= 0 and len(buf) > space + len(_PREFIX)
+                and not buf.startswith(_PREFIX, space + 1)):
+            self._hand_off()  # not a proxied request: aiohttp's
+            return
         end = buf.find(_HEAD_END)
         if end < 0:
             limits = self._limits
-            space = buf.find(b" ")
-            if ((space >= 0 and len(buf) > space + len(_PREFIX)
-                 and not buf.startswith(_PREFIX, space + 1))  # not a proxied request
-                    or (b"\n" not in buf  # a request line over the URL limit: 414
-                        and len(buf) > limits.max_url_length + REQUEST_LINE_SLACK)
+            if ((b"\n" not in buf  # a request line over the URL limit: 414
+                 and len(buf) > limits.max_url_length + REQUEST_LINE_SLACK)
                     or len(buf) > limits.max_header_size + limits.max_url_length
                     + 2 * REQUEST_LINE_SLACK  # a header section over its limit: 431
                     or b"\n\n" in buf or b"\n\r\n" in buf):  # bare line feeds
@@ -329,12 +335,11 @@ class FrontConnection(asyncio.Protocol):
             if self._in_body:
                 self._body_timer = self._loop.call_later(self._limits.body_timeout,
                                                          self._body_check)
-        self._task = request.task = self._loop.create_task(self._serve(request))
+        request.task = self._loop.create_task(self._serve(request))
 
     def _parse_head(self, head: bytes) -> FrontRequest | None:
-        """The request of ``head`` if this listener serves it; None to hand it to aiohttp."""
-        if not head.startswith(_PREFIX, head.find(b" ") + 1):
-            return None
+        """The request of ``head`` (its target starts with the prefix) if this listener
+        serves it; None to hand it to aiohttp."""
         self._url = b""
         self._raw_headers = []
         self._complete = False
@@ -422,14 +427,15 @@ class FrontConnection(asyncio.Protocol):
             request.content.set_exception(ConnectionResetError(self._body_error))
             self._in_body = False
         self._close = True
-        if self._body_timer is not None:
-            self._body_timer.cancel()
-            self._body_timer = None
+        self._stop_body_timer()
 
     def _end_body(self) -> None:
         self._in_body = False
         if self._request is not None:
             self._request.content.feed_eof()
+        self._stop_body_timer()
+
+    def _stop_body_timer(self) -> None:
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
@@ -492,7 +498,6 @@ class FrontConnection(asyncio.Protocol):
 
     def _answered(self) -> None:
         self._request = None
-        self._task = None
         self._served += 1
         self._since = self._loop.time()  # idle from now
         transport = self.transport
@@ -538,15 +543,15 @@ class FrontConnection(asyncio.Protocol):
         for k, v in headers:
             watched = _WATCHED.get(k.lower())
             if watched is not None:
-                if watched is _LENGTH:
+                if watched == _LENGTH:
                     if must_be_empty and status != 304:
                         continue
                     has_length = True
-                elif watched is _TYPE:
+                elif watched == _TYPE:
                     has_type = True
-                elif watched is _DATE:
+                elif watched == _DATE:
                     has_date = True
-                elif watched is _SERVER:
+                elif watched == _SERVER:
                     has_server = True
                 else:  # Connection: the listener writes its own
                     if b"close" in v.lower():
@@ -738,7 +743,7 @@ class FrontConnection(asyncio.Protocol):
 
     async def shutdown(self, timeout: float | None = 15.0) -> None:
         self.close()
-        task = self._task
+        task = self._request.task if self._request is not None else None
         if task is not None and not task.done():
             try:
                 await asyncio.wait_for(asyncio.shield(task), timeout)

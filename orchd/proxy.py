@@ -43,8 +43,8 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
 _REQUEST_DROP = HOP_BY_HOP | {"host", "x-forwarded-for", "x-forwarded-proto",
                               "x-forwarded-host", "x-request-id", "content-length"}
 _RESPONSE_DROP = frozenset(h.encode() for h in HOP_BY_HOP | {
-    "content-length", "x-request-id", "x-endpoint-id", "x-response-time", "close",
-    "keep-alive", ""})  # the last three: Connection tokens that name no header
+    "content-length", "x-request-id", "x-endpoint-id", "x-response-time"})
+_NAMES_NO_HEADER = frozenset({b"close", b""})  # Connection tokens that are not header names
 _WS_DROP = _REQUEST_DROP | {"sec-websocket-key", "sec-websocket-version",
                             "sec-websocket-extensions", "sec-websocket-protocol",
                             "sec-websocket-accept"}
@@ -533,7 +533,8 @@ def _response_headers(headers: Headers) -> tuple[Headers, int | None]:
             continue
         out.append((k, v))
     if named is not None:
-        tokens = {t.strip().lower() for t in named.split(b",")} - _RESPONSE_DROP
+        tokens = {t.strip().lower() for t in named.split(b",")} - _RESPONSE_DROP \
+            - _NAMES_NO_HEADER
         if tokens:
             out = [(k, v) for k, v in out if k.lower() not in tokens]
     if length is None:

@@ -24,8 +24,9 @@ def _stale_extensions() -> list[str]:
     return stale
 
 
-if _stale_extensions():
-    pytest.exit(f"{', '.join(_stale_extensions())} changed after it was compiled: run `make` "
+_STALE = _stale_extensions()
+if _STALE:
+    pytest.exit(f"{', '.join(_STALE)} changed after it was compiled: run `make` "
                 "(or `.venv/bin/pip install -e .`) to rebuild, or `make clean`", returncode=2)
 
 
