@@ -33,7 +33,7 @@ from aiohttp.abc import AbstractAccessLogger
 if TYPE_CHECKING:
     from orchd.metrics import Metrics
 
-from orchd.log import TEXT_FORMAT
+from orchd.log import TEXT_FORMAT, utc_stamp
 
 __all__ = ("ACCESS_LINES", "AccessLines", "AccessLogger", "access_logger_class")
 
@@ -79,11 +79,9 @@ class AccessLines:
         for redact in redactors:
             message = redact(message)
         now = time.time()
-        if json_lines:
-            iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
-            line = json.dumps({"time": f"{iso}.{int(now * 1000) % 1000:03d}Z",
-                               "level": "INFO", "logger": name, "message": message,
-                               **(fields or {})}, default=str)
+        if json_lines:  # the shape of orchd.cli.JsonFormatter's lines
+            line = json.dumps({"time": utc_stamp(now), "level": "INFO", "logger": name,
+                               "message": message, **(fields or {})}, default=str)
         else:
             second = int(now)
             if second != self._second:

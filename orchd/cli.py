@@ -9,14 +9,13 @@ import logging
 import os
 import re
 import sys
-import time
 from collections.abc import Sequence
 
 from orchd import __version__
 from orchd.accesslog import ACCESS_LINES
 from orchd.errors import ConfigError
 from orchd.loader import load_config
-from orchd.log import TEXT_FORMAT
+from orchd.log import TEXT_FORMAT, utc_stamp
 from orchd.model import Config
 from orchd.settings import LOG_LEVELS, Overrides, apply_overrides, find_config
 
@@ -94,8 +93,7 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, default=str)
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        iso = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-        return f"{iso}.{int(record.msecs):03d}Z"
+        return utc_stamp(record.created)
 
 
 def configure_logging(level: str, fmt: str = "text", log_file: str | None = None,
