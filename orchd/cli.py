@@ -12,15 +12,14 @@ import sys
 from collections.abc import Sequence
 
 from orchd import __version__
-from orchd.accesslog import ACCESS_LINES
 from orchd.errors import ConfigError
 from orchd.loader import load_config
 from orchd.log import TEXT_FORMAT, utc_stamp
 from orchd.model import Config
 from orchd.settings import LOG_LEVELS, Overrides, apply_overrides, find_config
 
-__all__ = ("EXIT_CONFIG", "EXIT_OK", "EXIT_STARTUP", "EXIT_USAGE", "TEXT_FORMAT",
-           "JsonFormatter", "RedactingFilter", "configure_logging", "main")
+__all__ = ("EXIT_CONFIG", "EXIT_OK", "EXIT_STARTUP", "EXIT_USAGE", "JsonFormatter",
+           "RedactingFilter", "configure_logging", "main")
 
 EXIT_OK = 0
 EXIT_CONFIG = 1
@@ -66,10 +65,7 @@ class RedactingFilter(logging.Filter):
             if secret in clean:
                 clean = clean.replace(secret, _REDACTED)
         low = clean.lower()
-        for hint in _SECRET_HINTS:
-            if hint in low:
-                break
-        else:
+        if not any(hint in low for hint in _SECRET_HINTS):
             return clean
         for pattern in _SECRET_PATTERNS:
             clean = pattern.sub(rf"\1\2{_REDACTED}", clean)
@@ -109,7 +105,10 @@ def configure_logging(level: str, fmt: str = "text", log_file: str | None = None
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.addFilter(RedactingFilter(secrets))
-    handler.addFilter(ACCESS_LINES.before_record)  # buffered access lines keep their place
+    # Imported here, not at the top: `orchd --check` never loads aiohttp.
+    from orchd.accesslog import ACCESS_LINES
+
+    handler.addFilter(ACCESS_LINES.before_record)  # batched access lines keep their place
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
