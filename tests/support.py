@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -49,6 +50,41 @@ def fixed_port() -> int:
                 continue
             return port
     return free_port()
+
+
+@dataclass
+class SchemathesisRun:
+    returncode: int
+    output: str
+    generated: int | None  # test cases, from its summary line
+    passed: int | None
+
+
+def run_schemathesis(url: str, token: str, report_dir: Path, *options: str,
+                     timeout: float) -> SchemathesisRun:
+    """schemathesis' CLI against the OpenAPI document at ``url``: the admin routes only
+    (not the proxy, event stream, control or docs), with ``token``, one worker, no example
+    database. ``options`` pick the checks, phases, examples and seed. Without schemathesis
+    the test fails in CI and is skipped elsewhere."""
+    import pytest
+
+    st = Path(sys.executable).parent / "st"
+    if not st.exists():
+        if IN_CI:
+            pytest.fail("schemathesis is not installed (pip install -e '.[test]')")
+        pytest.skip("schemathesis is not installed")
+    cmd = [str(st), "run", url, *options, "--workers", "1", "--generation-database", "none",
+           "--request-timeout", "10", "--exclude-path-regex",
+           r"^/(orchestrator|events|control|docs)", "-H", f"Authorization: Bearer {token}",
+           "--no-color", "--report-dir", str(report_dir)]
+    env = {**os.environ, "SCHEMATHESIS_HOOKS": ""}
+    proc = subprocess.run(cmd, cwd=report_dir, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    out = proc.stdout + proc.stderr
+    counts = re.search(r"(\d+) generated, (\d+) passed", out)
+    return SchemathesisRun(proc.returncode, out,
+                           int(counts.group(1)) if counts else None,
+                           int(counts.group(2)) if counts else None)
 
 
 def short_tmpdir() -> Path:

@@ -3,16 +3,12 @@ answers (schemathesis), reuses the shipped JSON Schemas, and Swagger UI is serve
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
 from orchd.schema import load_schema
-from tests.support import IN_CI, base_config, free_port
+from tests.support import base_config, free_port, run_schemathesis
 
 TOKEN = "openapi-admin-token"
 
@@ -91,35 +87,16 @@ def test_docs_work_offline(daemon):
     assert b'"/openapi.json"' in init
 
 
-def schemathesis_cli() -> Path | None:
-    exe = Path(sys.executable).parent / "st"
-    return exe if exe.exists() else None
-
-
 def test_live_daemon_matches_its_document(daemon, tmp_path):
-    st = schemathesis_cli()
-    if st is None:
-        if IN_CI:
-            pytest.fail("schemathesis is not installed (pip install -e '.[test]')")
-        pytest.skip("schemathesis is not installed")
-    cmd = [
-        str(st), "run", f"{daemon.url}/openapi.json",
+    run = run_schemathesis(
+        f"{daemon.url}/openapi.json", TOKEN, tmp_path,
         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
                     "response_schema_conformance",
         "--phases", "examples,coverage",  # coverage: boundary and negative cases, deterministic
-        "--max-examples", "4", "--seed", "1", "--workers", "1",
-        "--generation-database", "none", "--request-timeout", "10",
-        "--exclude-path-regex", r"^/(orchestrator|events|control|docs)",
-        "-H", f"Authorization: Bearer {TOKEN}",
-        "--no-color", "--report-dir", str(tmp_path),
-    ]
-    env = {**os.environ, "SCHEMATHESIS_HOOKS": ""}
-    proc = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=100)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-6000:]
-    generated = re.search(r"(\d+) generated, (\d+) passed", out)
-    assert generated, out[-3000:]
-    assert int(generated.group(1)) > 100 and generated.group(1) == generated.group(2), out[-3000:]
+        "--max-examples", "4", "--seed", "1", timeout=100)
+    out = run.output
+    assert run.returncode == 0, out[-6000:]
+    assert run.generated is not None, out[-3000:]
+    assert run.generated > 100 and run.generated == run.passed, out[-3000:]
     # It reached the daemon: the document's operations were exercised.
     assert daemon.proc is not None and daemon.proc.poll() is None, daemon.log()[-3000:]

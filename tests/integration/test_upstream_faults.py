@@ -60,8 +60,9 @@ class FaultyUpstream:
             w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
             await w.drain()
             return True
-        if path == "/garbage":
-            w.write(b"SSH-2.0-OpenSSH_9.6\r\nthis is not http\r\n\r\n")
+        canned = _ANSWER_THEN_CLOSE.get(path)
+        if canned is not None:
+            w.write(canned)
             await w.drain()
             return False
         if path == "/reset-before-head":
@@ -72,10 +73,6 @@ class FaultyUpstream:
             await w.drain()
             await asyncio.sleep(0.05)
             _reset(w)
-            return False
-        if path == "/short-body-close":
-            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"b" * 10)
-            await w.drain()
             return False
         if path == "/short-body-silent":
             w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"c" * 10)
@@ -98,20 +95,6 @@ class FaultyUpstream:
                 w.write(b"e" * 65536)
                 await w.drain()
             return False
-        if path == "/cl-and-te":  # ambiguous framing: a desync if passed on
-            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked"
-                    b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
-            await w.drain()
-            return False
-        if path == "/duplicate-cl":
-            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello!!")
-            await w.drain()
-            return False
-        if path == "/bad-chunk":
-            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
-                    b"zz\r\nxx\r\n0\r\n\r\n")
-            await w.drain()
-            return False
         raise AssertionError(path)
 
     async def stop(self) -> None:
@@ -122,6 +105,20 @@ class FaultyUpstream:
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.gather(*self.tasks, return_exceptions=True)
             await self.server.wait_closed()
+
+
+# Faults that are one write, after which the upstream closes the connection.
+_ANSWER_THEN_CLOSE = {
+    "/garbage": b"SSH-2.0-OpenSSH_9.6\r\nthis is not http\r\n\r\n",
+    "/short-body-close": b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"b" * 10,
+    # ambiguous framing: a desync if passed on
+    "/cl-and-te": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked"
+                  b"\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+    "/duplicate-cl": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\n"
+                     b"hello!!",
+    "/bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+                  b"zz\r\nxx\r\n0\r\n\r\n",
+}
 
 
 async def _until_closed(r: asyncio.StreamReader) -> None:
