@@ -1,19 +1,21 @@
 """Build hook: orchd's request path compiled with mypyc.
 
-``orchd/front.py``, ``orchd/proxy.py`` and ``orchd/upstream.py`` are plain, fully typed
-Python; compiled to C extensions by mypyc they take less CPU per proxied request (see
-docs/performance.md). mypyc type-checks them first, so the build must see orchd's
-dependencies: build without isolation in an environment that has them (the Makefile and the
-Dockerfile do). Where it cannot (an isolated build, no C compiler) or with ``ORCHD_PURE=1``,
-they install as Python modules: the same behaviour, slower. Everything else is in
-pyproject.toml.
+``orchd/front.py``, ``orchd/proxy.py``, ``orchd/upstream.py`` and the modules they call for
+every request (``COMPILED``) are plain, fully typed Python; compiled to C extensions by mypyc
+they take less CPU per proxied request (see docs/performance.md). mypyc type-checks them
+first, so the build must see orchd's dependencies: build without isolation in an environment
+that has them (the Makefile and the Dockerfile do). Where it cannot (an isolated build, no C
+compiler) or with ``ORCHD_PURE=1``, they install as Python modules: the same behaviour,
+slower. Everything else is in pyproject.toml.
 """
 
 import os
 
 from setuptools import setup
 
-COMPILED = ["orchd/front.py", "orchd/proxy.py", "orchd/upstream.py"]
+COMPILED = ["orchd/front.py", "orchd/proxy.py", "orchd/upstream.py", "orchd/traffic.py",
+            "orchd/log.py", "orchd/router.py", "orchd/balancer.py", "orchd/breaker.py",
+            "orchd/target.py", "orchd/inflight.py"]
 
 
 def _extensions() -> list:

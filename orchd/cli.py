@@ -7,16 +7,16 @@ import asyncio
 import json
 import logging
 import os
-import re
 import sys
 from collections.abc import Sequence
 
 from orchd import __version__
 from orchd.errors import ConfigError
 from orchd.loader import load_config
-from orchd.log import TEXT_FORMAT, utc_stamp
+from orchd.log import TEXT_FORMAT, redact, utc_stamp
 from orchd.model import Config
 from orchd.settings import LOG_LEVELS, Overrides, apply_overrides, find_config
+from orchd.traffic import ACCESS_LINES
 
 __all__ = ("EXIT_CONFIG", "EXIT_OK", "EXIT_STARTUP", "EXIT_USAGE", "JsonFormatter",
            "RedactingFilter", "configure_logging", "main")
@@ -25,20 +25,6 @@ EXIT_OK = 0
 EXIT_CONFIG = 1
 EXIT_USAGE = 2
 EXIT_STARTUP = 3
-
-
-_REDACTED = "[REDACTED]"
-# A credential that slipped into a message: "Bearer xyz", "Authorization: ...", "api_key=...".
-_SECRET_PATTERNS = (
-    re.compile(r"(?i)\b(bearer|basic|digest)(\s+)[A-Za-z0-9._~+/=:-]+"),
-    re.compile(r"(?i)\b(authorization|proxy-authorization|cookie|set-cookie|x-api-key|"
-               r"api[_-]?key|admin_token|password)(['\"]?\s*[:=]\s*['\"]?)[^'\"\s,;}]+"),
-    re.compile(r"(://[^/\s:@]+)(:)[^/\s@]+(?=@)"),  # a password in a URL
-)
-# Words one of the patterns above needs (lower case): most lines (every access line)
-# contain none of them, and skip the three substitutions.
-_SECRET_HINTS = ("bearer", "basic", "digest", "auth", "cookie", "api", "token", "password",
-                 "@")
 
 
 class RedactingFilter(logging.Filter):
@@ -60,16 +46,7 @@ class RedactingFilter(logging.Filter):
         return True
 
     def redact(self, message: str) -> str:
-        clean = message
-        for secret in self.secrets:
-            if secret in clean:
-                clean = clean.replace(secret, _REDACTED)
-        low = clean.lower()
-        if not any(hint in low for hint in _SECRET_HINTS):
-            return clean
-        for pattern in _SECRET_PATTERNS:
-            clean = pattern.sub(rf"\1\2{_REDACTED}", clean)
-        return clean
+        return redact(message, self.secrets)
 
 
 class JsonFormatter(logging.Formatter):
@@ -105,9 +82,6 @@ def configure_logging(level: str, fmt: str = "text", log_file: str | None = None
     else:
         handler.setFormatter(logging.Formatter(TEXT_FORMAT))
     handler.addFilter(RedactingFilter(secrets))
-    # Imported here, not at the top: `orchd --check` never loads aiohttp.
-    from orchd.accesslog import ACCESS_LINES
-
     handler.addFilter(ACCESS_LINES.before_record)  # batched access lines keep their place
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -29,7 +29,7 @@ import aiohttp
 from aiohttp import web
 
 from orchd import __version__, handover, systemd
-from orchd.accesslog import ACCESS_LINES, access_logger_class
+from orchd.accesslog import access_logger_class
 from orchd.api import build_control_app, build_public_app
 from orchd.api.control import RESTART
 from orchd.balancer import RetryBudget
@@ -48,6 +48,7 @@ from orchd.state import GatewayState
 from orchd.store import Store
 from orchd.store.file import FileStore
 from orchd.target import TargetPool
+from orchd.traffic import ACCESS_LINES, RequestHook
 from orchd.watcher import ChangeConsumer, Reload, SyncFromStore, read_config
 
 __all__ = ("Daemon", "StartupError")
@@ -194,11 +195,13 @@ class Daemon:
         control[RESTART] = self._restarter.restart
         shutdown = server.shutdown_timeout
         # One hook per finished request: the access log line and the request metrics.
+        hook = RequestHook(metrics.traffic if metrics is not None else None,
+                           access_logger if server.access_log else None)
         public_runner = GuardedRunner(
-            public, settings=lambda: state.config.server, proxy=proxy,
+            public, settings=lambda: state.config.server, proxy=proxy, hook=hook,
             handle_signals=False, shutdown_timeout=shutdown,
-            access_log=access_logger if server.access_log or metrics is not None else None,
-            access_log_class=access_logger_class(metrics, server.access_log),
+            access_log=access_logger if hook.enabled else None,
+            access_log_class=access_logger_class(hook),
         )
         await public_runner.setup()
         self._runners.append(public_runner)

@@ -29,9 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Mapping
 from email.utils import formatdate
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 from urllib.parse import parse_qsl, unquote
 
@@ -60,8 +58,8 @@ from orchd.model import ServerSettings
 from orchd.router import PREFIX
 
 if TYPE_CHECKING:
-    from orchd.accesslog import AccessLogger
     from orchd.proxy import Headers, Proxy
+    from orchd.traffic import RequestHook
     from orchd.upstream import Body
 
 __all__ = ("FrontConnection", "FrontRequest", "FrontServer")
@@ -112,20 +110,6 @@ class FrontRequest(dict[str, Any]):
             parse_qsl(self.raw_path.partition("?")[2], keep_blank_values=True)))
 
 
-_NO_HEADERS: Mapping[str, str] = MappingProxyType({})
-
-
-class _Sent:
-    """What the access log reads of an answer."""
-
-    __slots__ = ("body_length", "headers", "status")
-
-    def __init__(self) -> None:
-        self.status = 0
-        self.body_length = 0
-        self.headers: Mapping[str, str] = _NO_HEADERS  # the request id is on the request
-
-
 class FrontConnection(asyncio.Protocol):
     """One client connection on the public port (see the module's docstring)."""
 
@@ -154,7 +138,8 @@ class FrontConnection(asyncio.Protocol):
         self._handed = False
         self._lost = False
         # The answer being written.
-        self._sent = _Sent()
+        self._status = 0  # of the answer, for the access log and metrics
+        self._sent_bytes = 0  # of its body
         self._chunked = False
         self._started = False
         self._finished = False
@@ -315,7 +300,7 @@ class FrontConnection(asyncio.Protocol):
         self._in_head = False
         self._request = request
         self._started = self._finished = False
-        self._sent = _Sent()
+        self._status = self._sent_bytes = 0
         if self._complete:
             del buf[:end]
         else:
@@ -465,7 +450,6 @@ class FrontConnection(asyncio.Protocol):
 
     async def _serve(self, request: FrontRequest) -> None:
         server = self._server
-        sent = self._sent
         answer: web.Response | None = None
         try:
             try:
@@ -490,10 +474,14 @@ class FrontConnection(asyncio.Protocol):
             self.abort()  # cut (its endpoint was removed, or the stop's deadline passed)
             raise
         finally:
-            if server.access is not None:
+            hook = server.hook
+            if hook is not None:
                 started = request.get("started")
-                server.access.log(request, sent,  # type: ignore[arg-type]
-                                  time.perf_counter() - started if started else 0.0)
+                hook.finished(request.remote, request.method, request.path, self._status,
+                              self._sent_bytes,
+                              time.perf_counter() - started if started else 0.0,
+                              request.get("endpoint"), request.get("target"),
+                              request.get("request_id") or "-", request.get("upstream_error"))
             self._answered()
 
     def _answered(self) -> None:
@@ -580,7 +568,7 @@ class FrontConnection(asyncio.Protocol):
         elif not http10:
             lines.append(b"Connection: close\r\n")
         self._close = not keep
-        self._sent.status = status
+        self._status = status
         lines.append(b"\r\n")
         return b"".join(lines)
 
@@ -597,7 +585,7 @@ class FrontConnection(asyncio.Protocol):
                 transport.write(head + body)
             else:  # one vectored write, no copy of the body
                 transport.writelines((head, body))
-            self._sent.body_length = len(body)
+            self._sent_bytes = len(body)
         else:
             transport.write(head)
         self._finished = True
@@ -616,7 +604,7 @@ class FrontConnection(asyncio.Protocol):
             transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
         else:
             transport.write(chunk)
-        self._sent.body_length += len(chunk)
+        self._sent_bytes += len(chunk)
         if self._write_paused:
             await self._drained()
 
@@ -807,18 +795,13 @@ class FrontServer(GuardedServer):
     """The public port's connection factory: ``FrontConnection``s, which pass connections
     they do not serve on to aiohttp's ``GuardedHandler``s; both kinds counted together."""
 
-    def __init__(self, *args: Any, proxy: Proxy, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, proxy: Proxy, hook: RequestHook | None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.proxy = proxy
         self.state = proxy.state
         self.loop = self._loop
-        log = self._kwargs.get("access_log")
-        access: AccessLogger | None = None
-        if log is not None:
-            access = self._kwargs["access_log_class"](log, "")
-            if not access.enabled:
-                access = None
-        self.access = access
+        self.hook = hook  # None: no access log and no metrics
 
     def __call__(self) -> FrontConnection:  # type: ignore[override]  # not a RequestHandler
         return FrontConnection(self, self._settings())

@@ -46,6 +46,7 @@ from orchd.model import ServerSettings
 
 if TYPE_CHECKING:
     from orchd.proxy import Proxy
+    from orchd.traffic import RequestHook
 
 __all__ = ("BODY_PROGRESS", "HOST_RE", "KEEPALIVE_TIMEOUT", "LINGER", "REQUEST_LINE_SLACK",
            "GuardedHandler", "GuardedRunner", "GuardedServer", "body_too_slow",
@@ -398,13 +399,16 @@ class GuardedServer(web.Server):
 
 class GuardedRunner(web.AppRunner):
     """An ``AppRunner`` whose connections are ``GuardedHandler``s; given ``proxy``, they
-    start as ``orchd.front`` connections, which serve proxied requests themselves."""
+    start as ``orchd.front`` connections, which serve proxied requests themselves and hand
+    each finished one to ``hook`` (aiohttp's connections, to their access logger)."""
 
     def __init__(self, app: web.Application, *, settings: SettingsFn,
-                 proxy: Proxy | None = None, **kwargs: Any) -> None:
+                 proxy: Proxy | None = None, hook: RequestHook | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(app, **kwargs)
         self._settings = settings
         self._proxy = proxy
+        self._hook = hook
 
     async def _make_server(self) -> web.Server:
         base = await super()._make_server()
@@ -414,5 +418,6 @@ class GuardedRunner(web.AppRunner):
         if self._proxy is not None:
             from orchd.front import FrontServer  # it builds on this module
 
-            return FrontServer(base.request_handler, proxy=self._proxy, **kwargs)
+            hook = self._hook if self._hook is not None and self._hook.enabled else None
+            return FrontServer(base.request_handler, proxy=self._proxy, hook=hook, **kwargs)
         return GuardedServer(base.request_handler, **kwargs)

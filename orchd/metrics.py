@@ -2,9 +2,9 @@
 
 Three ways in, none of them scattered through the request path:
 
-* ``observe()`` is called once per finished request by the access-log hook (orchd.accesslog)
-  with the endpoint, target and upstream error the proxy noted on the request, and bumps
-  plain counters (one event loop thread, no locks);
+* ``traffic`` (orchd.traffic) holds the request counters: bumped once per finished request
+  by ``RequestHook`` with the endpoint, target and upstream error the proxy noted on the
+  request (one event loop thread, no locks), turned into metric families here at scrape time;
 * ``on_event()`` is an EventBus listener (breaker and health transitions, registry removals);
 * ``Metrics`` is also a collector: breaker, health, registry, reload and in-flight figures
   are read from the live state when ``/metrics`` is scraped, so they can never drift.
@@ -17,9 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from array import array
-from bisect import bisect_left
-from collections import deque
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -42,165 +39,50 @@ from orchd import __version__
 from orchd.breaker import CLOSED, FORCED_OPEN, HALF_OPEN, OPEN
 from orchd.events import Event
 from orchd.target import HEALTHY, UNHEALTHY, UNKNOWN
+from orchd.traffic import LATENCY_BUCKETS, Histogram, Traffic, Window, status_class
 
 if TYPE_CHECKING:
     from aiohttp import web
 
     from orchd.state import GatewayState
 
-__all__ = ("CONTENT_TYPE", "LATENCY_BUCKETS", "Metrics", "Window")
+__all__ = ("CONTENT_TYPE", "Metrics")
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
-UNMATCHED = "_unmatched"  # requests under /orchestrator/ that named no endpoint
-_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
 _BREAKER_STATES = (CLOSED, OPEN, HALF_OPEN, FORCED_OPEN)
 _HEALTH_STATES = (HEALTHY, UNHEALTHY, UNKNOWN)
 _ENDPOINT_STATUSES = ("active", "draining", "disabled", "unhealthy")
 
 STATS_INTERVAL = 2.0  # seconds between two "stats" events for the dashboard
-RATE_WINDOW = 10.0  # requests per second are counted over this many seconds
-LATENCY_WINDOW = 60.0  # p50/p99 and the error rate cover this many seconds
-_MAX_SAMPLES = 4096  # per endpoint: bounded whatever the traffic
 
 
-class Window:
-    """The recent requests of one endpoint: a fixed ring of samples and the last errors.
-
-    Samples live in preallocated arrays of doubles, so recording one allocates nothing that
-    outlives the request (no extra work for the garbage collector).
-    """
-
-    __slots__ = ("durations", "errors", "failed", "next", "times", "total")
-
-    def __init__(self) -> None:
-        self.times = array("d", bytes(8 * _MAX_SAMPLES))
-        self.durations = array("d", bytes(8 * _MAX_SAMPLES))
-        self.failed = bytearray(_MAX_SAMPLES)
-        self.next = 0
-        self.total = 0
-        self.errors: deque[dict[str, Any]] = deque(maxlen=5)
-
-    def add(self, now: float, duration: float, failed: bool) -> None:
-        i = self.next
-        self.times[i] = now
-        self.durations[i] = duration
-        self.failed[i] = failed
-        self.next = (i + 1) % _MAX_SAMPLES
-        self.total += 1
-
-    def summary(self, now: float) -> dict[str, Any]:
-        times = self.times
-        recent = [i for i in range(min(self.total, _MAX_SAMPLES))
-                  if now - times[i] <= LATENCY_WINDOW]
-        rate_n = sum(1 for i in recent if now - times[i] <= RATE_WINDOW)
-        span = RATE_WINDOW
-        if self.total > _MAX_SAMPLES:  # the ring has wrapped: it may span less than the window
-            span = min(RATE_WINDOW, max(now - times[self.next], 0.001))
-        latencies = sorted(self.durations[i] for i in recent)
-        failed = sum(self.failed[i] for i in recent)
-        return {
-            "requests_per_second": round(rate_n / span, 3),
-            "p50_ms": _quantile_ms(latencies, 0.50),
-            "p99_ms": _quantile_ms(latencies, 0.99),
-            "error_rate": round(failed / len(recent), 4) if recent else None,
-            "window_requests": len(recent),
-            "total_requests": self.total,
-            "last_errors": list(self.errors),
-        }
-
-
-def _quantile_ms(sorted_values: list[float], q: float) -> float | None:
-    if not sorted_values:
-        return None
-    index = min(len(sorted_values) - 1, int(q * len(sorted_values)))
-    return round(sorted_values[index] * 1000, 3)
-
-
-def _status_class(status: int) -> str:
-    return _CLASSES[status // 100 - 1] if 100 <= status < 600 else "other"
-
-
-class _Histogram:
-    """Bucket counts of one endpoint's latency (plain ints: only the event loop writes)."""
-
-    __slots__ = ("counts", "sum")
-
-    def __init__(self) -> None:
-        self.counts = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one is +Inf
-        self.sum = 0.0
-
-    def observe(self, value: float) -> None:
-        self.counts[bisect_left(LATENCY_BUCKETS, value)] += 1
-        self.sum += value
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        out, total = [], 0
-        for bound, count in zip((*map(floatToGoString, LATENCY_BUCKETS), "+Inf"),
-                                self.counts, strict=True):
-            total += count
-            out.append((bound, float(total)))
-        return out
+def _cumulative(hist: Histogram) -> list[tuple[str, float]]:
+    out, total = [], 0
+    for bound, count in zip((*map(floatToGoString, LATENCY_BUCKETS), "+Inf"), hist.counts,
+                            strict=True):
+        total += count
+        out.append((bound, float(total)))
+    return out
 
 
 class Metrics(Collector):
     """All of orchd's metrics; built by the composition root, one per daemon.
 
-    The request path only bumps plain integers in dicts (everything runs on the one event
-    loop thread, so no lock is needed); ``collect()`` turns them into metric families when
-    ``/metrics`` is scraped. That keeps the per-request cost to a few dict operations.
+    The request path only bumps plain integers in ``traffic``'s dicts (everything runs on the
+    one event loop thread, so no lock is needed); ``collect()`` turns them into metric
+    families when ``/metrics`` is scraped. That keeps the per-request cost to a few dict
+    operations.
     """
 
     def __init__(self, state: GatewayState) -> None:
         self.state = state
-        self._requests: dict[tuple[str, str, int], int] = {}
-        self._latency: dict[str, _Histogram] = {}
-        self._errors: dict[tuple[str, str], int] = {}
+        self.traffic = Traffic()  # the request counters, fed by orchd.traffic.RequestHook
         self._transitions: dict[tuple[str, str, str], int] = {}  # (kind, endpoint, state)
-        self.windows: dict[str, Window] = {}
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(self)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         state.bus.add_listener(self.on_event)
-
-    # -- the request hook (one call per finished request)
-
-    def observe(self, request: web.BaseRequest, status: int, duration: float) -> None:
-        endpoint = request.get("endpoint")
-        if endpoint is None:
-            if not request.path.startswith("/orchestrator/"):
-                return  # admin, health, docs: not proxy traffic
-            endpoint = UNMATCHED
-        method = request.method
-        if method not in _METHODS:  # any token is a method: keep the key space bounded
-            method = "OTHER"
-        key = (endpoint, method, status)
-        self._requests[key] = self._requests.get(key, 0) + 1
-        if endpoint is UNMATCHED:
-            return
-        kind = request.get("upstream_error")
-        if request.get("target") is not None:
-            hist = self._latency.get(endpoint)
-            if hist is None:
-                hist = self._latency[endpoint] = _Histogram()
-            hist.observe(duration)
-        failed = status >= 500  # what the client saw; a retried refusal is not a failure
-        if kind is not None:
-            err_key = (endpoint, kind)
-            self._errors[err_key] = self._errors.get(err_key, 0) + 1
-        window = self.windows.get(endpoint)
-        if window is None:
-            window = self.windows[endpoint] = Window()
-        now = time.time()
-        window.add(now, duration, failed)
-        if failed:
-            window.errors.appendleft({
-                "time": now, "status": status, "kind": kind or _status_class(status),
-                "target": request.get("target"), "request_id": request.get("request_id"),
-                "method": method, "path": request.path,
-            })
 
     # -- EventBus listener
 
@@ -218,22 +100,18 @@ class Metrics(Collector):
 
     def forget(self, endpoint: str) -> None:
         """Drop the series of an endpoint that no longer exists."""
-        for req_key in [k for k in self._requests if k[0] == endpoint]:
-            del self._requests[req_key]
-        for err_key in [k for k in self._errors if k[0] == endpoint]:
-            del self._errors[err_key]
+        self.traffic.forget(endpoint)
         for tr_key in [k for k in self._transitions if k[1] == endpoint]:
             del self._transitions[tr_key]
-        self._latency.pop(endpoint, None)
-        self.windows.pop(endpoint, None)
 
     def _traffic(self) -> Iterable[Metric]:
         requests = CounterMetricFamily(
             "orchd_requests", "Requests through the proxy, by endpoint, method and status class.",
             labels=("endpoint", "method", "code"))
         merged: dict[tuple[str, str, str], int] = {}
-        for (endpoint, method, status), count in self._requests.items():
-            labels = (endpoint, method, _status_class(status))
+        traffic = self.traffic
+        for (endpoint, method, status), count in traffic.requests.items():
+            labels = (endpoint, method, status_class(status))
             merged[labels] = merged.get(labels, 0) + count
         for labels, count in sorted(merged.items()):
             requests.add_metric(labels, count)
@@ -242,13 +120,13 @@ class Metrics(Collector):
             "orchd_upstream_latency_seconds",
             "Time from a proxied request's arrival to the end of the upstream's answer, for "
             "requests that reached an upstream target.", labels=("endpoint",))
-        for endpoint, hist in sorted(self._latency.items()):
-            latency.add_metric((endpoint,), hist.cumulative(), hist.sum)
+        for endpoint, hist in sorted(traffic.latency.items()):
+            latency.add_metric((endpoint,), _cumulative(hist), hist.sum)
         yield latency
         errors = CounterMetricFamily(
             "orchd_upstream_errors", "Upstream failures by kind: refused, timeout, reset, 5xx.",
             labels=("endpoint", "kind"))
-        for err_key, count in sorted(self._errors.items()):
+        for err_key, count in sorted(traffic.errors.items()):
             errors.add_metric(err_key, count)
         yield errors
         breaker = CounterMetricFamily(
@@ -351,7 +229,8 @@ class Metrics(Collector):
     def stats(self) -> dict[str, Any]:
         now = time.time()
         names = list(self.state.registry.snapshot.routes)
-        return {"endpoints": {name: (self.windows.get(name) or Window()).summary(now)
+        windows = self.traffic.windows
+        return {"endpoints": {name: (windows.get(name) or Window()).summary(now)
                               for name in names},
                 "interval": STATS_INTERVAL}
 

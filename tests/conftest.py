@@ -16,11 +16,10 @@ def _stale_extensions() -> list[str]:
     """Modules whose compiled extension (setup.py) is older than their source: Python would
     import the extension, so the tests would run yesterday's code."""
     stale = []
-    for source in ("front", "proxy", "upstream"):
-        py = _ROOT / "orchd" / f"{source}.py"
-        for ext in py.parent.glob(f"{source}.*.so"):
-            if ext.stat().st_mtime < py.stat().st_mtime:
-                stale.append(str(py.relative_to(_ROOT)))
+    for ext in (_ROOT / "orchd").glob("*.so"):
+        py = ext.with_name(ext.name.split(".")[0] + ".py")
+        if py.exists() and ext.stat().st_mtime < py.stat().st_mtime:
+            stale.append(str(py.relative_to(_ROOT)))
     return stale
 
 

@@ -1,4 +1,5 @@
-"""orchd.metrics on real objects: a real bus, registry and aiohttp request, no daemon."""
+"""orchd.metrics and orchd.traffic on real objects: a real bus, registry and aiohttp request,
+no daemon."""
 
 from __future__ import annotations
 
@@ -15,12 +16,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from orchd.accesslog import access_logger_class
 from orchd.cli import JsonFormatter, RedactingFilter
 from orchd.events import EventBus
-from orchd.metrics import LATENCY_BUCKETS, Metrics, Window
+from orchd.metrics import Metrics
 from orchd.model import Config, EndpointSpec, ServerSettings
 from orchd.registry import Registry
 from orchd.state import GatewayState
 from orchd.store.file import FileStore
 from orchd.target import TargetPool
+from orchd.traffic import LATENCY_BUCKETS, RequestHook, Window
 
 
 def make_metrics(tmp_path: Path) -> Metrics:
@@ -78,14 +80,21 @@ def test_window_ring_wraps_without_growing() -> None:
     assert 9_000 < s["requests_per_second"] < 11_000  # measured over what the ring spans
 
 
-def test_observe_counts_and_forgets(tmp_path: Path) -> None:
+def finished(metrics: Metrics, req: web.Request, status: int, duration: float) -> None:
+    """A finished request, as aiohttp hands it to the access-log hook."""
+    hook = access_logger_class(RequestHook(metrics.traffic, None))(logging.getLogger("x"), "")
+    hook.log(req, web.Response(status=status), duration)
+
+
+def test_requests_are_counted_and_forgotten(tmp_path: Path) -> None:
     m = make_metrics(tmp_path)
-    m.observe(request(endpoint="svc", target="http://127.0.0.1:9/api"), 200, 0.004)
-    m.observe(request(endpoint="svc", target="http://127.0.0.1:9/api",
-                      upstream_error="timeout"), 504, 2.0)
-    m.observe(request(method="BREW", endpoint="svc", target="http://127.0.0.1:9/api"), 200, 0.1)
-    m.observe(request("/orchestrator/nope/x"), 404, 0.001)
-    m.observe(request("/health/status"), 200, 0.001)  # not proxy traffic
+    finished(m, request(endpoint="svc", target="http://127.0.0.1:9/api"), 200, 0.004)
+    finished(m, request(endpoint="svc", target="http://127.0.0.1:9/api",
+                        upstream_error="timeout"), 504, 2.0)
+    finished(m, request(method="BREW", endpoint="svc", target="http://127.0.0.1:9/api"), 200,
+             0.1)
+    finished(m, request("/orchestrator/nope/x"), 404, 0.001)
+    finished(m, request("/health/status"), 200, 0.001)  # not proxy traffic
     got = samples(m)
     assert got[("orchd_requests_total", (("code", "2xx"), ("endpoint", "svc"),
                                          ("method", "GET")))] == 1
@@ -112,7 +121,7 @@ def test_observe_counts_and_forgets(tmp_path: Path) -> None:
 
 def test_access_hook_feeds_metrics_even_with_log_lines_off(tmp_path: Path) -> None:
     m = make_metrics(tmp_path)
-    hook = access_logger_class(m, log_lines=False)(logging.getLogger("orchd.test"), "")
+    hook = access_logger_class(RequestHook(m.traffic, None))(logging.getLogger("orchd.x"), "")
     assert hook.enabled
     started = time.perf_counter() - 0.25
     hook.log(request(endpoint="svc", target="http://127.0.0.1:9/api", started=started),
@@ -122,7 +131,7 @@ def test_access_hook_feeds_metrics_even_with_log_lines_off(tmp_path: Path) -> No
                                          ("method", "GET")))] == 1
     # The duration comes from the proxy's clock, not the loop's (0.001 s here).
     assert got[("orchd_upstream_latency_seconds_sum", (("endpoint", "svc"),))] >= 0.25
-    assert not access_logger_class(None, log_lines=False)(logging.getLogger("x"), "").enabled
+    assert not access_logger_class(RequestHook(None, None))(logging.getLogger("x"), "").enabled
 
 
 def test_redacting_filter_and_json_formatter() -> None:
