@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Iterator
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 from urllib.parse import parse_qsl, unquote
@@ -38,7 +39,7 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.tcp_helpers import tcp_nodelay
-from multidict import CIMultiDict, CIMultiDictProxy, MultiDict, MultiDictProxy
+from multidict import MultiDict, MultiDictProxy
 
 from orchd.api.middleware import problem_response
 from orchd.errors import ProblemError
@@ -62,7 +63,7 @@ if TYPE_CHECKING:
     from orchd.traffic import RequestHook
     from orchd.upstream import Body
 
-__all__ = ("FrontConnection", "FrontRequest", "FrontServer")
+__all__ = ("FrontConnection", "FrontHeaders", "FrontRequest", "FrontServer")
 
 _PREFIX = PREFIX.encode()
 _HEAD_END = b"\r\n\r\n"
@@ -75,6 +76,34 @@ _WATCHED = {b"content-length": _LENGTH, b"content-type": _TYPE, b"date": _DATE,
             b"server": _SERVER, b"connection": _CONNECTION}
 
 
+class FrontHeaders:
+    """A request's headers as the proxy reads them, the part of ``CIMultiDictProxy`` it uses:
+    ``get`` by name in any case gives the first value, ``items()`` every header in the order
+    received. Built from what the head's parse has already decoded and lower-cased."""
+
+    def __init__(self, pairs: list[tuple[str, str]], first: dict[str, str]) -> None:
+        self._pairs = pairs
+        self._first = first  # lower-case name -> its first value
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        return self._first.get(name.lower(), default)
+
+    def __getitem__(self, name: str) -> str:
+        return self._first[name.lower()]
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name.lower() in self._first
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def __iter__(self) -> Iterator[str]:
+        return (name for name, _ in self._pairs)
+
+    def items(self) -> list[tuple[str, str]]:
+        return self._pairs
+
+
 class FrontRequest(dict[str, Any]):
     """A request as ``Proxy.serve``, the access log and the metrics read it: the attributes
     of ``web.Request`` they use, and its item store (``request["endpoint"]``)."""
@@ -83,7 +112,7 @@ class FrontRequest(dict[str, Any]):
                  "method", "raw_path", "remote", "secure", "task", "transport", "version")
 
     def __init__(self, method: str, raw_path: str, version: str,
-                 headers: CIMultiDictProxy[str], remote: str,
+                 headers: FrontHeaders, remote: str,
                  transport: asyncio.Transport, keep_alive: bool) -> None:
         self.method = method
         self.raw_path = raw_path
@@ -124,6 +153,7 @@ class FrontConnection(asyncio.Protocol):
         # What the parser callbacks collect for the head being parsed.
         self._url = b""
         self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._good_host = ""  # the last Host value found well-formed on this connection
         self._complete = False  # the parser reached the end of the current message
         self._head_info: tuple[bytes, str, bool] = (b"", "", False)  # method, version, keep
         self._feeding_head = False
@@ -342,7 +372,8 @@ class FrontConnection(asyncio.Protocol):
         if (version not in ("1.1", "1.0") or len(raw) > limits.max_header_count
                 or len(head) > limits.max_header_size or len(self._url) > limits.max_url_length):
             return None
-        pairs = []
+        pairs: list[tuple[str, str]] = []
+        first: dict[str, str] = {}
         length = -1
         hosts = 0
         for name, value in raw:
@@ -356,11 +387,17 @@ class FrontConnection(asyncio.Protocol):
                     length = int(val)
                 elif low == "host":
                     hosts += 1
-                    if hosts > 1 or not HOST_RE.fullmatch(val):
+                    if hosts > 1:
                         return None
+                    if val != self._good_host:  # a connection keeps its Host: check it once
+                        if not HOST_RE.fullmatch(val):
+                            return None
+                        self._good_host = val
                 elif low != "transfer-encoding" or val.lower() != "chunked" or version != "1.1":
                     return None  # upgrades, Expect, other codings: aiohttp's part
             pairs.append((key, val))
+            if low not in first:
+                first[low] = val
         if hosts == 0 and version == "1.1":
             return None  # HTTP/1.1 without Host: aiohttp refuses it
         path = self._url.decode("utf-8", "surrogateescape")
@@ -369,8 +406,7 @@ class FrontConnection(asyncio.Protocol):
         tr = self.transport
         assert tr is not None
         request = FrontRequest(method.decode("ascii", "replace"), path, version,
-                               CIMultiDictProxy(CIMultiDict(pairs)), self._remote, tr,
-                               keep_alive)
+                               FrontHeaders(pairs, first), self._remote, tr, keep_alive)
         if length >= 0:
             request.content_length = length
             request.body_exists = length > 0

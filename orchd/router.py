@@ -115,7 +115,9 @@ class RoutingTable:
         """``raw_rest`` is the raw path after ``/orchestrator/``: find the route and the
         raw segments left for the upstream."""
         parts = raw_rest.split("/")
-        name = unquote(parts[0])
+        name = parts[0]
+        if "%" in name:
+            name = unquote(name)
         route = self.routes.get(name)
         if route is not None:
             return route, parts[1:]
