@@ -4,7 +4,7 @@ only at the entry point (orchd.cli)."""
 import logging
 import re
 import time
-from collections.abc import Sequence
+from typing import Final
 
 __all__ = (
     "TEXT_FORMAT",
@@ -37,11 +37,11 @@ _SECRET_PATTERNS = (
 )
 # Words one of the patterns above needs (lower case): most lines (every access line)
 # contain none of them, and skip the three substitutions.
-_SECRET_HINTS = ("bearer", "basic", "digest", "auth", "cookie", "api", "token", "password",
-                 "@")
+_SECRET_HINTS: Final = ("bearer", "basic", "digest", "auth", "cookie", "api", "token",
+                        "password", "@")
 
 
-def redact(message: str, secrets: Sequence[str] = ()) -> str:
+def redact(message: str, secrets: tuple[str, ...] = ()) -> str:
     """``message`` with each of ``secrets`` and anything that looks like a credential
     replaced by ``[REDACTED]``."""
     clean = message
