@@ -145,7 +145,7 @@ def scrape_cost(pid: int, port: int, scrapes: int = 50) -> float:
 def run(args: argparse.Namespace) -> int:
     bench = Bench(args)
     try:
-        backend = bench.start_backend()
+        backend = bench.start_backend().port
         on, off = start_orchd(bench, backend, True), start_orchd(bench, backend, False)
         url = {row.label: f"http://127.0.0.1:{row.port}{row.prefix}{BODY}" for row in (on, off)}
         for row in (on, off):

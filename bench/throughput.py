@@ -54,26 +54,43 @@ class Proc:
     name: str
     popen: subprocess.Popen[bytes]
     log: Path
+    port: int = 0  # where it listens, if it is the backend
 
     @property
     def pid(self) -> int:
         return self.popen.pid
 
-    def cpu_seconds(self) -> float:
-        """User + system CPU time of this process and its children (nginx's worker)."""
-        ticks = 0
-        todo = [self.pid]
+    def pids(self) -> list[int]:
+        """This process and its children (nginx's worker)."""
+        out, todo = [], [self.pid]
         while todo:
             pid = todo.pop()
             try:
-                stat = Path(f"/proc/{pid}/stat").read_text()
                 kids = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+            except OSError:
+                continue
+            out.append(pid)
+            todo.extend(int(k) for k in kids)
+        return out
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of this process and its children."""
+        ticks = 0
+        for pid in self.pids():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text()
             except OSError:
                 continue
             fields = stat[stat.rindex(")") + 2:].split()
             ticks += int(fields[11]) + int(fields[12])
-            todo.extend(int(k) for k in kids)
         return ticks / CLK_TCK
+
+    def pin(self, cpu: int) -> None:
+        """Move this process, its children and all their threads to ``cpu``."""
+        for pid in self.pids():
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    os.sched_setaffinity(int(tid), {cpu})
 
     def rss_kib(self) -> int:
         for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
@@ -182,7 +199,7 @@ http {{
 """)
         return conf
 
-    def start_backend(self) -> int:
+    def start_backend(self) -> Proc:
         www = self.tmp / "www"
         www.mkdir()
         for name, size in SIZES.items():
@@ -198,7 +215,8 @@ http {{
   }}""")
         proc = self.spawn("backend", LOAD_CPU, [nginx_bin(), "-e", "stderr", "-c", str(conf)])
         self.wait_http(proc, f"http://127.0.0.1:{port}/health")
-        return port
+        proc.port = port
+        return proc
 
     def start_nginx(self, backend: int) -> Row:
         port = free_port()
@@ -308,9 +326,10 @@ circuit_breaker:
 
     # -- load
 
-    def wrk(self, url: str, seconds: float, connections: int, proc: Proc | None = None) -> Result:
-        argv = self.taskset(LOAD_CPU, ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s",
-                                       "--latency", "--timeout", "5s", url])
+    def wrk(self, url: str, seconds: float, connections: int, proc: Proc | None = None,
+            cpu: int = LOAD_CPU) -> Result:
+        argv = self.taskset(cpu, ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s",
+                                  "--latency", "--timeout", "5s", url])
         before = proc.cpu_seconds() if proc is not None else 0.0
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
         res = parse_wrk(out)
@@ -392,11 +411,23 @@ def table(rows: list[Row], nginx: Row, caddy: Row) -> Iterator[str]:
                    + cpu_cells)
 
 
+def c1_table(c1: dict[str, list[Result]], direct: str) -> Iterator[str]:
+    yield "| path | req/s | p50 | p99 | p50 added vs direct |"
+    yield "|---|---:|---:|---:|---:|"
+    base = statistics.median(r.p50_us for r in c1[direct])
+    for label, res in c1.items():
+        p50 = statistics.median(r.p50_us for r in res)
+        yield (f"| {label} | {statistics.median(r.rps for r in res):,.0f} | {fmt_us(p50)} "
+               f"| {fmt_us(statistics.median(r.p99_us for r in res))} "
+               f"| {'-' if label == direct else fmt_us(p50 - base)} |")
+
+
 def run(args: argparse.Namespace) -> int:
     bench = Bench(args)
     try:
         print(f"load average at start: {loadavg()}", flush=True)
-        backend = bench.start_backend()
+        backend_proc = bench.start_backend()
+        backend = backend_proc.port
         direct = Row("none (wrk straight at the backend)", backend, "/")
         nginx = bench.start_nginx(backend)
         caddy = bench.start_caddy(backend)
@@ -428,6 +459,17 @@ def run(args: argparse.Namespace) -> int:
             for row in (direct, orchd, quiet, nginx, caddy):
                 url = f"http://127.0.0.1:{row.port}{row.prefix}small"
                 c1.setdefault(row.label, []).append(bench.wrk(url, args.duration, 1))
+        # The same with wrk, the backend and the proxy on one core: what the proxy's own work
+        # adds, without the cost of waking an idle core for each hop (large on a VM).
+        c1_one: dict[str, list[Result]] = {}
+        if bench.pin:
+            backend_proc.pin(PROXY_CPU)
+            for _ in range(args.rounds):
+                for row in (direct, orchd, quiet, nginx, caddy):
+                    url = f"http://127.0.0.1:{row.port}{row.prefix}small"
+                    c1_one.setdefault(row.label, []).append(
+                        bench.wrk(url, args.duration, 1, cpu=PROXY_CPU))
+            backend_proc.pin(LOAD_CPU)
 
         print()
         print(f"{args.rounds} interleaved round(s) of {args.duration:g} s per row and body, "
@@ -438,15 +480,16 @@ def run(args: argparse.Namespace) -> int:
         print()
         print("Concurrency 1 (wrk -t1 -c1, ~100 B body), medians:")
         print()
-        print("| path | req/s | p50 | p99 | p50 added vs direct |")
-        print("|---|---:|---:|---:|---:|")
-        base = statistics.median(r.p50_us for r in c1[direct.label])
-        for label, res in c1.items():
-            p50 = statistics.median(r.p50_us for r in res)
-            print(f"| {label} | {statistics.median(r.rps for r in res):,.0f} | {fmt_us(p50)} "
-                  f"| {fmt_us(statistics.median(r.p99_us for r in res))} "
-                  f"| {'-' if label == direct.label else fmt_us(p50 - base)} |")
+        for line in c1_table(c1, direct.label):
+            print(line)
         print()
+        if c1_one:
+            print("Concurrency 1 with wrk, the backend and the proxy on one core (CPU "
+                  f"{PROXY_CPU}), medians:")
+            print()
+            for line in c1_table(c1_one, direct.label):
+                print(line)
+            print()
         for row in (orchd, quiet):
             print(f"{row.label}: RSS after each round (KiB): {', '.join(map(str, row.rss))}")
         failed = [r for r in rows if any(x.errors or x.non2xx
