@@ -31,7 +31,6 @@ from orchd.router import PREFIX, PathError, Route, map_path
 from orchd.state import GatewayState
 from orchd.target import Target
 from orchd.upstream import Body, UpstreamPool
-from orchd.upstream_policy import policy_for
 
 __all__ = ("HOP_BY_HOP", "BodyTooLarge", "Headers", "Proxy", "Reply")
 
@@ -153,19 +152,26 @@ class Proxy:
         self.state = state
         self.session = session  # WebSocket upgrades
         self.upstream = pool or UpstreamPool()  # every other request: see orchd/upstream.py
-        self.upstream.check_address = self._address_allowed
+        self.upstream.check_address = state.upstream_address_allowed
         self.budget = budget or RetryBudget()
         self.streams = InFlight()  # by endpoint: a reload that removes one cuts them late
-
-    def _address_allowed(self, ip: str) -> str | None:
-        """server.allowed_upstreams at connect time: names are checked where they lead."""
-        return policy_for(self.state.config.server.allowed_upstreams).check_address(ip)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """The aiohttp route: the answer goes out through a ``web.StreamResponse``."""
         reply = _StreamReply(request)
         answer = await self.serve(request, reply)
         return answer if answer is not None else reply.response
+
+    def refused_early(self, request: web.Request) -> ProblemError | None:
+        """What a request with ``Expect: 100-continue`` gets instead of ``100 Continue``: a
+        body over ``max_body_size`` is refused before the client sends it, not after."""
+        max_body = self.state.config.server.max_body_size
+        length = request.content_length
+        if length is None or length <= max_body:
+            return None
+        return ProblemError(413, "Request body too large",
+                            f"the body is {length} bytes; the limit is {max_body}",
+                            headers={"X-Request-ID": _request_id(request)})
 
     async def serve(self, request: Any, reply: Reply) -> web.Response | None:
         """Forward ``request`` (a ``web.Request``, or ``orchd.front``'s own request object)

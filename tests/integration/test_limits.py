@@ -92,6 +92,35 @@ async def test_body_over_max_body_size_gets_413(orchd_factory, upstream_factory)
     assert answer.status == 413
 
 
+async def test_expect_100_continue_is_refused_413_before_the_body(orchd_factory,
+                                                                   upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(limited(up.url, max_body_size=1000))
+    head = (b"PUT /orchestrator/echo/up HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n"
+            b"Content-Length: %d\r\n\r\n")
+    # Over the limit: 413 straight away (no 100 Continue), and the connection ends.
+    answer = await exchange(gw.port, head % 5000)
+    assert answer.status == 413, answer.head
+    assert answer.closed
+    assert b"x-request-id" in answer.head.lower()
+    assert json.loads(answer.body)["status"] == 413
+    # Within it: 100 Continue, then the body goes to the upstream and its answer comes back.
+    reader, writer = await connect(gw.port)
+    try:
+        writer.write(head % 10)
+        await writer.drain()
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        assert interim.startswith(b"HTTP/1.1 100 Continue"), interim
+        writer.write(b"0123456789")
+        await writer.drain()
+        final = await read_answer(reader)
+        assert final.status == 200, final.head
+        assert json.loads(final.body)["body"] == "0123456789"
+    finally:
+        writer.close()
+    assert len(up.requests) == 1
+
+
 async def test_slowloris_headers_are_cut_with_408(orchd_factory, upstream_factory):
     up = await upstream_factory()
     gw = orchd_factory(limited(up.url, header_timeout=1))
