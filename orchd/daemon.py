@@ -43,6 +43,7 @@ from orchd.metrics import Metrics
 from orchd.model import Config, ServerSettings
 from orchd.proxy import Proxy
 from orchd.registry import Registry
+from orchd.resolver import CheckedResolver
 from orchd.sources import ConfigWatcher
 from orchd.state import GatewayState
 from orchd.store import Store
@@ -158,7 +159,8 @@ class Daemon:
         state.last_reload.last_success_at = state.started_at
         state.last_reload.count = 1
         state.changes = ChangeConsumer(state)
-        state.health = HealthChecker(lambda: state.config.health_check, bus)
+        state.health = HealthChecker(lambda: state.config.health_check, bus,
+                                     check_address=state.upstream_address_allowed)
         for warning in config.warnings:
             server_logger.warning("%s: %s", self.config_path, warning)
         if not config.server.admin_token:
@@ -176,8 +178,10 @@ class Daemon:
         self._store_task = asyncio.create_task(self._follow_store(state),
                                                name="orchd-store-watch")
 
+        # WebSocket upgrades: the upstream pool's connect-time check, through the resolver.
         connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30,
-                                         ttl_dns_cache=10, enable_cleanup_closed=True)
+                                         ttl_dns_cache=10, enable_cleanup_closed=True,
+                                         resolver=CheckedResolver(state.upstream_address_allowed))
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
             cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,

@@ -23,6 +23,7 @@ from orchd.events import EventBus
 from orchd.log import health_logger
 from orchd.looplag import LoopLag
 from orchd.model import HealthSettings
+from orchd.resolver import CheckedResolver
 from orchd.router import Route, RoutingTable
 from orchd.target import HEALTHY, UNHEALTHY, UNKNOWN, Target
 
@@ -48,9 +49,11 @@ class HealthChecker:
         settings: Callable[[], HealthSettings],
         bus: EventBus,
         concurrency: int = 64,
+        check_address: Callable[[str], str | None] | None = None,
     ) -> None:
         self._settings = settings
         self._bus = bus
+        self._check_address = check_address  # server.allowed_upstreams at connect time
         self._sem = asyncio.Semaphore(concurrency)
         self._tasks: dict[Target, tuple[ProbeKey, asyncio.Task[None]]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -60,7 +63,9 @@ class HealthChecker:
         self.loop_lag = LoopLag()
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True)
+        resolver = (CheckedResolver(self._check_address)
+                    if self._check_address is not None else None)
+        connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True, resolver=resolver)
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
             headers={"User-Agent": "orchd-health-check"},

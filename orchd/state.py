@@ -13,6 +13,7 @@ from orchd.events import EventBus
 from orchd.model import Config, ServerSettings
 from orchd.registry import Registry
 from orchd.target import TargetPool
+from orchd.upstream_policy import policy_for
 
 if TYPE_CHECKING:
     from orchd.health import HealthChecker
@@ -88,6 +89,12 @@ class GatewayState:
     @property
     def admin_token(self) -> str:
         return self.config.server.admin_token
+
+    def upstream_address_allowed(self, ip: str) -> str | None:
+        """``server.allowed_upstreams`` at connect time: None when orchd may connect to
+        ``ip``, else why not (every client of orchd's asks: the upstream pool, WebSocket
+        upgrades and health probes)."""
+        return policy_for(self.config.server.allowed_upstreams).check_address(ip)
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("state", GatewayState)

@@ -117,4 +117,17 @@ async def test_a_name_that_resolves_to_a_denied_address_is_refused_at_connect(
     async with http.get(f"{gw.url}/orchestrator/byname/x") as r:
         assert r.status == 502
         assert "denied by the rule" in (await r.json())["detail"]
+    # WebSocket upgrades and health probes go through aiohttp's client: the same check.
+    upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
+    async with http.get(f"{gw.url}/orchestrator/byname/ws", headers=upgrade) as r:
+        assert r.status == 502
+        assert "denied by the rule '!127.0.0.1'" in (await r.json())["detail"]
+    async with http.post(f"{gw.url}/health/check/byname") as r:
+        assert r.status == 200, await r.text()
+    async with http.get(f"{gw.url}/health/endpoints/byname") as r:
+        health = await r.json()
+    assert health["consecutive_failures"] == 1, health
+    assert "localhost: " in health["error_message"], health
+    assert "denied by the rule '!127.0.0.1'" in health["error_message"], health
     assert up.requests == []

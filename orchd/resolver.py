@@ -1,0 +1,33 @@
+"""Name resolution for the aiohttp clients orchd keeps beside its own upstream pool (WebSocket
+upgrades, health probes), with ``server.allowed_upstreams``' connect-time check.
+
+A host name passes the registration check as written; where it leads is checked when orchd
+connects (``UpstreamPolicy.check_address``). The upstream pool does that itself; for
+aiohttp's connectors this resolver drops the addresses the policy refuses, and fails the
+connection, naming the rule, when none is left.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+from aiohttp.abc import ResolveResult
+from aiohttp.resolver import ThreadedResolver
+
+__all__ = ("CheckedResolver",)
+
+
+class CheckedResolver(ThreadedResolver):
+    def __init__(self, check_address: Callable[[str], str | None]) -> None:
+        super().__init__()
+        self._check = check_address
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        results: list[ResolveResult] = await super().resolve(host, port, family)
+        allowed = [r for r in results if self._check(r["host"]) is None]
+        if not allowed and results:
+            # errno 0: aiohttp and the health checker show the strerror, this reason
+            raise OSError(0, f"{host}: {self._check(results[0]['host'])}")
+        return allowed
