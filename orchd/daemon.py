@@ -38,7 +38,7 @@ from orchd.events import EventBus
 from orchd.health import HealthChecker
 from orchd.limits import GuardedRunner
 from orchd.loader import validate_endpoint
-from orchd.log import access_logger, server_logger
+from orchd.log import access_logger, registry_logger, server_logger
 from orchd.metrics import Metrics
 from orchd.model import Config, ServerSettings
 from orchd.proxy import Proxy
@@ -144,9 +144,11 @@ class Daemon:
             try:
                 spec = validate_endpoint(record.config)
             except ConfigError as exc:
-                raise StartupError(
-                    f"{getattr(store, 'path', store.name)}: stored endpoint {name!r} is "
-                    f"invalid: {exc.summary()}") from None
+                where = f"{getattr(store, 'path', store.name)}: stored endpoint {name!r}"
+                if store.shared:  # another instance's entry: skipped, as the watch does
+                    registry_logger.error("%s is invalid, ignored: %s", where, exc.summary())
+                    continue
+                raise StartupError(f"{where} is invalid: {exc.summary()}") from None
             if registry.get(name) is not None:
                 server_logger.warning(
                     "stored API registration %r is shadowed by the configuration file's "

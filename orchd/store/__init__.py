@@ -75,6 +75,9 @@ class StoreEvent:
 
 class Store(Protocol):
     name: str
+    # Written by other instances too (etcd): an entry orchd cannot use is skipped with an
+    # error, as the watch does, not a reason to refuse to start.
+    shared: bool
 
     async def load(self) -> StoreState: ...
 

@@ -103,6 +103,7 @@ class _Known:
 
 class EtcdStore:
     name = "etcd"
+    shared = True
 
     def __init__(self, endpoints: Sequence[str], prefix: str = "/orchd/", *,
                  request_timeout: float = 2.0, probe_interval: float = 1.0,

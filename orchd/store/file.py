@@ -36,6 +36,7 @@ FILENAME = "registry.json"
 
 class FileStore:
     name = "file"
+    shared = False  # this instance's own file: an entry it cannot use stops the start
 
     def __init__(self, state_dir: str | os.PathLike[str]) -> None:
         self.dir = Path(state_dir)

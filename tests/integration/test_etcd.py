@@ -251,6 +251,27 @@ async def test_watch_resumes_after_compaction(etcd_factory, orchd_factory,
         relay.stop()
 
 
+async def test_an_invalid_entry_written_by_another_instance_is_skipped_at_start(
+        etcd_factory, orchd_factory, upstream_factory, http) -> None:
+    # etcd is shared: an entry this instance cannot use (a newer writer's, a hand edit) is
+    # logged and skipped, as the watch does; the other registrations are served.
+    etcd = etcd_factory(1)
+    up = await upstream_factory()
+    writer = EtcdStore(etcd.client_urls, "/orchd-test/")
+    try:
+        await writer.load()
+        await writer.put("good", Record({"name": "good", "url": up.url}, 1.0))
+        await writer.put("bad", Record({"name": "bad", "url": "htp://nowhere"}, 2.0))
+    finally:
+        await writer.close()
+    gw = orchd_factory(etcd_config(etcd.client_urls))
+    await wait_routed(http, gw, "good", f"127.0.0.1:{up.port}")
+    async with http.get(f"{gw.url}/registry/endpoints/bad") as resp:
+        assert resp.status == 404
+    assert "stored endpoint 'bad' is invalid, ignored" in gw.log()
+    assert "endpoints/bad" in str(etcd.keys("/orchd-test/"))  # left for its writer to fix
+
+
 async def test_unreachable_etcd_at_start_is_a_startup_failure(orchd_factory) -> None:
     from tests.support import free_port
 
