@@ -156,6 +156,9 @@ class Daemon:
                 continue
             registry.put_api(spec, record.registration_time)
         registry.load_admin({k: v for k, v in stored.admin.items() if registry.get(k)})
+        carried = handover.carried_health(pool)  # a restart's: the predecessor's verdicts
+        if carried:
+            server_logger.info("restart: took over the health of %d targets", carried)
         state.last_reload.at = state.started_at
         state.last_reload.trigger = "start"
         state.last_reload.last_success_at = state.started_at

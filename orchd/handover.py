@@ -35,6 +35,10 @@ The protocol, in order:
    messages only if they could race the switch; ``main`` works). Then it stops accepting,
    drains within ``shutdown_timeout`` (without sending ``STOPPING=1``: the service is not
    stopping), leaves the control socket in place and exits 0.
+   The targets' health goes along (``ORCHD_HANDOVER_HEALTH``, a descriptor of an in-memory
+   file with each target's health, counters and last error): the successor starts with the
+   verdicts its predecessor reached instead of ``unknown``, so an unhealthy target gets no
+   traffic in the seconds (or, with a long ``interval``, minutes) before its first probes.
 5. Not ready (it exited, or ``READY_TIMEOUT`` passed): the successor is killed, the old process
    takes the store lock back, thaws writes and keeps serving; the answer says why.
 
@@ -51,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import secrets
 import socket
@@ -68,13 +73,15 @@ from orchd import systemd
 from orchd.errors import ConfigError, ProblemError
 from orchd.log import server_logger
 from orchd.state import GatewayState
+from orchd.target import HEALTHY, UNHEALTHY, UNKNOWN, Target, TargetPool
 from orchd.watcher import read_config
 
-__all__ = ("ENV_FDS", "ENV_NOTIFY", "READY_TIMEOUT", "Inherited", "Restarter", "adopted",
-           "listening_fds")
+__all__ = ("ENV_FDS", "ENV_HEALTH", "ENV_NOTIFY", "READY_TIMEOUT", "Inherited", "Restarter",
+           "adopted", "carried_health", "health_file", "listening_fds")
 
 ENV_FDS = "ORCHD_LISTEN_FDS"
 ENV_NOTIFY = "ORCHD_NOTIFY_SOCKET"
+ENV_HEALTH = "ORCHD_HANDOVER_HEALTH"  # a descriptor: the targets' health, as JSON
 READY_TIMEOUT = 60.0
 PUBLIC = "public"
 CONTROL = "control"
@@ -152,6 +159,58 @@ class Inherited:
                 with contextlib.suppress(OSError):
                     os.unlink(name)
         return found
+
+
+_HEALTH_FIELDS = ("health", "consecutive_failures", "consecutive_successes", "last_check_time",
+                  "response_time", "error_message")
+
+
+def health_file(targets: Iterable[Target]) -> int:
+    """An in-memory file (a descriptor, inheritable) holding ``targets``' health."""
+    data = json.dumps([{"endpoint": t.endpoint, "url": t.url,
+                        **{k: getattr(t, k) for k in _HEALTH_FIELDS}} for t in targets])
+    fd = os.memfd_create("orchd-handover-health", 0)
+    os.write(fd, data.encode())
+    os.lseek(fd, 0, os.SEEK_SET)
+    return fd
+
+
+def carried_health(pool: TargetPool, environ: MutableMapping[str, str] | None = None) -> int:
+    """Give the targets in ``pool`` the health the previous orchd handed over; how many."""
+    env = os.environ if environ is None else environ
+    raw = env.pop(ENV_HEALTH, "")
+    if not raw:
+        return 0
+    try:
+        fd = int(raw)
+        with os.fdopen(fd, "rb") as carried:
+            entries = json.loads(carried.read())
+    except (ValueError, OSError) as exc:
+        server_logger.warning("%s: ignoring %r: %s", ENV_HEALTH, raw, exc)
+        return 0
+    targets = {(t.endpoint, t.url): t for t in pool.all()}
+    taken = 0
+    for entry in entries if isinstance(entries, list) else ():
+        try:
+            target = targets.get((entry["endpoint"], entry["url"]))
+            if target is None or entry["health"] not in (HEALTHY, UNHEALTHY, UNKNOWN):
+                continue
+            failures, successes = int(entry["consecutive_failures"]), int(
+                entry["consecutive_successes"])
+            checked, took = _seconds(entry["last_check_time"]), _seconds(entry["response_time"])
+            error = entry["error_message"]
+        except (KeyError, TypeError, ValueError):
+            continue  # not what health_file() writes
+        target.health = entry["health"]
+        target.consecutive_failures, target.consecutive_successes = failures, successes
+        target.last_check_time, target.response_time = checked, took
+        target.error_message = None if error is None else str(error)
+        taken += 1
+    return taken
+
+
+def _seconds(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _addresses(host: str, port: int) -> set[str]:
@@ -261,15 +320,19 @@ class Restarter:
             for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
                 env.pop(key, None)
             env[ENV_FDS] = ",".join(f"{fd}:{role}" for fd, role in fds.items())
+            health = health_file(self.state.pool.all())
+            env[ENV_HEALTH] = str(health)
             if os.environ.get("NOTIFY_SOCKET"):
                 env[ENV_NOTIFY] = os.environ["NOTIFY_SOCKET"]
             env["NOTIFY_SOCKET"] = "@" + name
             argv = [sys.executable, *sys.orig_argv[1:]]
             try:
-                proc = subprocess.Popen(argv, pass_fds=tuple(fds), env=env)
+                proc = subprocess.Popen(argv, pass_fds=(*fds, health), env=env)
             except OSError as exc:
                 raise ProblemError(500, "Restart failed",
                                    f"cannot start {argv[0]}: {exc.strerror}") from None
+            finally:
+                os.close(health)
             self.successor = proc
             server_logger.info("restart: started pid %d, waiting until it is ready", proc.pid)
             ready: asyncio.Future[None] = loop.create_future()

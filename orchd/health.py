@@ -135,7 +135,13 @@ class HealthChecker:
 
     async def _loop(self, target: Target, key: ProbeKey) -> None:
         url, settings = key
-        await asyncio.sleep(random.uniform(0, min(settings.interval, 5.0)))
+        if target.last_check_time is not None:
+            # Checked before (by this process, or by the one it took over from): keep the
+            # rhythm instead of probing again at once.
+            due = target.last_check_time + settings.interval - time.time()
+            await asyncio.sleep(min(max(due, 0.0), settings.interval))
+        else:
+            await asyncio.sleep(random.uniform(0, min(settings.interval, 5.0)))
         while True:
             started = time.monotonic()
             await self.probe(target, URL(url, encoded=True), settings)

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 
 from tests.integration.lifecycle import control
-from tests.support import ROOT, async_wait_until, base_config
+from tests.support import ROOT, async_wait_until, base_config, free_port
 
 
 async def orchctl(daemon: Any, *args: str) -> tuple[int, str, str]:
@@ -155,6 +155,43 @@ async def test_orchctl_restart_under_load(orchd_factory, upstream_factory, http,
         return not alive(new_pid)
     await async_wait_until(new_gone, 30, what="the new orchd to exit")
     assert not daemon.socket.exists()
+
+
+async def test_a_restart_keeps_the_targets_health(orchd_factory, upstream_factory, http,
+                                                  successors):
+    up = await upstream_factory()
+    dead = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    config = base_config({"name": "svc", "urls": [up.url, dead]},
+                         health_check={"enabled": True, "interval": 3600,
+                                       "unhealthy_threshold": 1, "healthy_threshold": 1})
+    daemon = orchd_factory(config)
+    async with http.post(f"{daemon.url}/health/check/svc") as r:
+        assert r.status == 200, await r.text()
+    async with http.get(f"{daemon.url}/health/endpoints/svc") as r:
+        before = {t["url"]: t for t in (await r.json())["targets"]}
+    assert before[dead]["health"] == "unhealthy" and before[up.url]["health"] == "healthy"
+
+    status, answer = await control(daemon, "POST", "/control/restart")
+    assert status == 200, answer
+    successors.append(answer["pid"])
+
+    async def successor_answers() -> bool:
+        _, info = await control(daemon, "GET", "/control/info")
+        return bool(info["pid"] == answer["pid"])
+    await async_wait_until(successor_answers, 30, what="the successor to answer alone")
+    # It starts with its predecessor's verdicts, not "unknown", and keeps their rhythm: the
+    # dead target gets no request, and is not probed again before its interval is over.
+    async with aiohttp.ClientSession() as fresh:  # no connection kept to the old process
+        async with fresh.get(f"{daemon.url}/health/endpoints/svc") as r:
+            after = {t["url"]: t for t in (await r.json())["targets"]}
+        assert after[dead]["health"] == "unhealthy", after
+        assert after[dead]["error_message"] == before[dead]["error_message"]
+        assert after[dead]["last_check_time"] == before[dead]["last_check_time"]
+        assert after[up.url]["health"] == "healthy", after
+        for _ in range(10):
+            async with fresh.get(f"{daemon.url}/orchestrator/svc/x") as r:
+                assert r.status == 200
+    assert "took over the health of 2 targets" in daemon.log()
 
 
 async def test_restart_onto_an_invalid_file_is_refused(orchd_factory, upstream_factory, http,
