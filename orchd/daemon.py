@@ -222,14 +222,21 @@ class Daemon:
                 await web.SockSite(public_runner, sock).start()
                 server_logger.info("serving on inherited socket %s", sock.getsockname())
         else:
-            site = web.TCPSite(public_runner, self.boot.host, self.boot.port, backlog=1024)
+            site = web.TCPSite(public_runner, self.boot.host, self.boot.port, backlog=1024,
+                               reuse_port=self.boot.reuse_port or None)
             try:
                 await site.start()
             except OSError as exc:
                 raise StartupError(
                     f"cannot listen on {self.boot.host}:{self.boot.port}: {exc.strerror}"
                 ) from None
-            server_logger.info("listening on http://%s:%s", self.boot.host, self.boot.port)
+            server_logger.info("listening on http://%s:%s%s", self.boot.host, self.boot.port,
+                               " (shared: reuse_port)" if self.boot.reuse_port else "")
+            if self.boot.reuse_port and state.store.name == "file":
+                server_logger.warning(
+                    "server.reuse_port with the file store: registrations made through this "
+                    "process's API are not seen by the others on the port (use "
+                    "registry.store: etcd to share them)")
 
         if self.boot.control_socket:
             control_runner = web.AppRunner(control, handle_signals=False,

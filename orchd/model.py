@@ -50,9 +50,10 @@ class ServerSettings:
     max_header_size: int = 32768
     max_url_length: int = 8192
     allowed_upstreams: tuple[str, ...] | None = None
+    reuse_port: bool = False
 
     RESTART_KEYS = ("host", "port", "control_socket", "socket_group", "state_dir", "log_file",
-                    "metrics")
+                    "metrics", "reuse_port")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ServerSettings:
