@@ -109,6 +109,7 @@ def hook_cost(samples: int = 200_000) -> float:
     from orchd.state import GatewayState
     from orchd.store.file import FileStore
     from orchd.target import TargetPool
+    from orchd.traffic import RequestHook
 
     async def measure() -> float:
         bus = EventBus()
@@ -117,7 +118,8 @@ def hook_cost(samples: int = 200_000) -> float:
             state = GatewayState(boot=ServerSettings(), boot_file=ServerSettings(),
                                  config=Config(), config_path=None, bus=bus, pool=pool,
                                  registry=Registry(pool, bus), store=FileStore(tmp))
-            hook = access_logger_class(Metrics(state), False)(access_logger, "")
+            hook = access_logger_class(RequestHook(Metrics(state).traffic, None))(
+                access_logger, "")
             request = make_mocked_request("GET", "/orchestrator/bench/small")
             request["endpoint"], request["target"] = "bench", "http://127.0.0.1:9/"
             request["request_id"] = "0" * 32
