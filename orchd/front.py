@@ -501,7 +501,13 @@ class FrontConnection(asyncio.Protocol):
             while True:
                 request = self._request
                 if request is not None:
-                    await self._serve(request)
+                    try:
+                        await self._serve(request)
+                    except Exception:  # _serve answers every error; this would be a bug's
+                        server_logger.exception("serving a connection from %s failed",
+                                                self._remote)
+                        self.abort()
+                        return
                     continue
                 if self._lost or self._handed or self._close:
                     return

@@ -128,6 +128,10 @@ def _request_id(request: web.Request) -> str:
     return _rid_prefix + hex(next(_rid_counter))[3:]
 
 
+def _too_large(detail: str, headers: dict[str, str]) -> ProblemError:
+    return ProblemError(413, "Request body too large", detail, headers=headers)
+
+
 def _drop_set(headers: CIMultiDictProxy[str], base: frozenset[str] | set[str]) -> set[str]:
     conn = headers.get(hdrs.CONNECTION)
     if not conn:
@@ -169,9 +173,8 @@ class Proxy:
         length = request.content_length
         if length is None or length <= max_body:
             return None
-        return ProblemError(413, "Request body too large",
-                            f"the body is {length} bytes; the limit is {max_body}",
-                            headers={"X-Request-ID": _request_id(request)})
+        return _too_large(f"the body is {length} bytes; the limit is {max_body}",
+                          {"X-Request-ID": _request_id(request)})
 
     async def serve(self, request: Any, reply: Reply) -> web.Response | None:
         """Forward ``request`` (a ``web.Request``, or ``orchd.front``'s own request object)
@@ -219,9 +222,8 @@ class Proxy:
                                headers={**ep_headers, "WWW-Authenticate": scheme})
         max_body = self.state.config.server.max_body_size
         if request.content_length is not None and request.content_length > max_body:
-            raise ProblemError(413, "Request body too large",
-                               f"the body is {request.content_length} bytes; "
-                               f"the limit is {max_body}", headers=ep_headers)
+            raise _too_large(f"the body is {request.content_length} bytes; "
+                             f"the limit is {max_body}", ep_headers)
         with self.streams.track(route.name, request.task.cancel):
             if (request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
                     and method == "GET" and isinstance(reply, _StreamReply)):
@@ -335,9 +337,8 @@ class Proxy:
             except BodyTooLarge:
                 breaker.release()
                 reported = True
-                raise ProblemError(413, "Request body too large",
-                                   f"the body is larger than the limit of {max_body} bytes",
-                                   headers=ep_headers) from None
+                raise _too_large(f"the body is larger than the limit of {max_body} bytes",
+                                 ep_headers) from None
             except ClientBodyBroke as broke:  # (each clause its own name: mypyc types them)
                 breaker.release()
                 reported = True
@@ -368,9 +369,8 @@ class Proxy:
                     # aiohttp wraps what the body iterator raised in a connection error.
                     breaker.release()
                     reported = True
-                    raise ProblemError(413, "Request body too large",
-                                       f"the body is larger than the limit of {max_body} bytes",
-                                       headers=ep_headers) from None
+                    raise _too_large(f"the body is larger than the limit of {max_body} bytes",
+                                     ep_headers) from None
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 breaker.failure(reason)
                 request["upstream_error"] = "reset"
