@@ -232,7 +232,7 @@ class Daemon:
                 ) from None
             server_logger.info("listening on http://%s:%s%s", self.boot.host, self.boot.port,
                                " (shared: reuse_port)" if self.boot.reuse_port else "")
-            if self.boot.reuse_port and state.store.name == "file":
+            if self.boot.reuse_port and not state.store.shared:
                 server_logger.warning(
                     "server.reuse_port with the file store: registrations made through this "
                     "process's API are not seen by the others on the port (use "

@@ -26,8 +26,9 @@ class CheckedResolver(ThreadedResolver):
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         results: list[ResolveResult] = await super().resolve(host, port, family)
-        allowed = [r for r in results if self._check(r["host"]) is None]
+        refusals = [self._check(r["host"]) for r in results]
+        allowed = [r for r, refused in zip(results, refusals, strict=True) if refused is None]
         if not allowed and results:
             # errno 0: aiohttp and the health checker show the strerror, this reason
-            raise OSError(0, f"{host}: {self._check(results[0]['host'])}")
+            raise OSError(0, f"{host}: {refusals[0]}")
         return allowed

@@ -21,6 +21,7 @@ would have written, redacted by the same filter.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
 import logging
 import time
@@ -263,6 +264,7 @@ class AccessLines:
 
 
 ACCESS_LINES = AccessLines()
+atexit.register(ACCESS_LINES.flush)  # what is still batched when the interpreter exits
 
 
 class RequestHook:

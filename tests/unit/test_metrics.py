@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from orchd.state import GatewayState
 from orchd.store.file import FileStore
 from orchd.target import TargetPool
 from orchd.traffic import LATENCY_BUCKETS, RequestHook, Window
+from tests.support import ROOT
 
 
 def make_metrics(tmp_path: Path) -> Metrics:
@@ -159,3 +162,24 @@ def test_redacting_filter_and_json_formatter() -> None:
     out = json.loads(JsonFormatter().format(record))
     assert out["status"] == 200 and out["endpoint"] == "svc" and out["message"] == "line"
     assert out["time"].endswith("Z") and out["logger"] == "orchd.access"
+
+
+def test_access_lines_still_batched_at_exit_are_written(tmp_path: Path) -> None:
+    # A line waits up to 50 ms in the batch; a process that ends before that writes it.
+    log = tmp_path / "orchd.log"
+    code = f"""
+import asyncio
+from orchd.cli import configure_logging
+from orchd.log import access_logger
+from orchd.traffic import RequestHook
+
+configure_logging("INFO", "text", {str(log)!r})
+
+async def main():
+    RequestHook(None, access_logger).finished("127.0.0.1", "GET", "/orchestrator/svc/x", 200,
+                                              5, 0.001, "svc", None, "rid-at-exit", None)
+
+asyncio.run(main())
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+    assert "rid=rid-at-exit" in log.read_text()
