@@ -118,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     path = find_config(args.config, os.environ)
     try:
-        config = load_config(path) if path else Config()
+        config = load_config(path, show_env_values=args.check) if path else Config()
         flags = Overrides(args.host, args.port, args.log_level, args.state_dir,
                           args.control_socket)
         config, boot = apply_overrides(config, flags)

@@ -69,6 +69,8 @@ class Document:
 
     data: Any
     lines: Mapping[PathTuple, int]
+    from_env: frozenset[PathTuple] = frozenset()  # values that came from ``${VAR}``
+    notes: tuple[str, ...] = ()  # warnings of the parse itself
 
     def line_of(self, path: Sequence[str | int]) -> int | None:
         key = tuple(path)
@@ -86,10 +88,18 @@ class _Constructor(yaml.SafeLoader):
     pass
 
 
-def _expand(value: str, path: PathTuple, env: Mapping[str, str], errors: list[FieldError],
-            line: int) -> str:
+def _expand(value: str, path: PathTuple, env: Mapping[str, str] | None,
+            errors: list[FieldError], notes: list[str], line: int) -> str:
+    """``${VAR}`` and ``${VAR:-default}`` in ``value``. Without ``env`` (a document sent to
+    the API), nothing is read from the environment: a default stands in, else an empty
+    value, and a note says so; the answer can then tell nothing of the daemon's environment."""
     def sub(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
+        if env is None:
+            notes.append(f"{format_path(path)} (line {line}): ${{{name}}} is not expanded in a "
+                         "document sent to the API; validated with "
+                         + ("its default" if default is not None else "an empty value"))
+            return default or ""
         if name in env and (env[name] != "" or default is None):
             return env[name]
         if default is not None:
@@ -101,9 +111,15 @@ def _expand(value: str, path: PathTuple, env: Mapping[str, str], errors: list[Fi
     return _ENV_RE.sub(sub, value)
 
 
-def parse_yaml(text: str, env: Mapping[str, str] | None = None) -> Document:
-    """Parse YAML, expand ``${VAR}`` / ``${VAR:-default}`` in scalars, record lines."""
-    env = os.environ if env is None else env
+def parse_yaml(text: str, env: Mapping[str, str] | None = None, *,
+               expand_env: bool = True) -> Document:
+    """Parse YAML, expand ``${VAR}`` / ``${VAR:-default}`` in scalars, record lines.
+
+    ``env`` defaults to the process environment; with ``expand_env=False`` (a document that
+    came over the API) no variable is read: see ``_expand``."""
+    use_env: Mapping[str, str] | None = None
+    if expand_env:
+        use_env = os.environ if env is None else env
     try:
         root = yaml.compose(text, Loader=_Constructor)
     except yaml.MarkedYAMLError as exc:
@@ -123,6 +139,8 @@ def parse_yaml(text: str, env: Mapping[str, str] | None = None) -> Document:
     constructor = _Constructor("")
     lines: dict[PathTuple, int] = {}
     errors: list[FieldError] = []
+    notes: list[str] = []
+    from_env: set[PathTuple] = set()
     budget = [_MAX_NODES]  # aliases can make a small text a huge tree ("billion laughs")
     open_nodes: set[int] = set()  # an alias to one of its own ancestors never ends
 
@@ -169,7 +187,9 @@ def parse_yaml(text: str, env: Mapping[str, str] | None = None) -> Document:
         lines.setdefault(path, node.start_mark.line + 1)
         value = constructor.construct_object(node, deep=True)
         if isinstance(value, str) and "${" in value:
-            expanded = _expand(value, path, env, errors, node.start_mark.line + 1)
+            expanded = _expand(value, path, use_env, errors, notes, node.start_mark.line + 1)
+            if expanded != value:
+                from_env.add(path)
             if isinstance(node, yaml.ScalarNode) and node.style is None:
                 try:  # a plain scalar takes the type of what it expanded to: ${PORT:-8000}
                     resolved = yaml.safe_load(expanded) if expanded.strip() else ""
@@ -189,7 +209,7 @@ def parse_yaml(text: str, env: Mapping[str, str] | None = None) -> Document:
                                           "deeply")]) from None
     if errors:
         raise ConfigError(errors)
-    return Document(data, lines)
+    return Document(data, lines, frozenset(from_env), tuple(notes))
 
 
 # ---------------------------------------------------------------- JSON Schema validation
@@ -263,6 +283,9 @@ def _errors(name: str, doc: Document, prefix: PathTuple = ()) -> list[FieldError
     for error in errors:
         for path, msg in _messages(error):
             line = doc.line_of(path) if doc.lines else None
+            if path in doc.from_env and isinstance(error.instance, str | int | float | bool):
+                # Never echo what came from the environment (a secret, most likely).
+                msg = msg.replace(repr(error.instance), "the value from the environment")
             out.append(FieldError(format_path((*prefix, *path)), msg, line))
     return out
 
@@ -343,16 +366,24 @@ def _upstream_policy_errors(data: dict[str, Any], doc: Document) -> list[FieldEr
 
 
 def parse_config(text: str, path: str | None = None,
-                 env: Mapping[str, str] | None = None) -> Config:
-    """Validate a whole configuration document; raise ``ConfigError`` with every error."""
+                 env: Mapping[str, str] | None = None, *, expand_env: bool = True,
+                 show_env_values: bool = False) -> Config:
+    """Validate a whole configuration document; raise ``ConfigError`` with every error.
+
+    ``expand_env=False`` for a document that did not come from orchd's own file. Errors never
+    quote a value that came from the environment (it may be a secret, and the daemon's errors
+    reach its log and ``last_reload``), unless ``show_env_values`` (an offline check, on the
+    operator's own terminal)."""
     try:
-        doc = parse_yaml(text, env)
+        doc = parse_yaml(text, env, expand_env=expand_env)
     except ConfigError as exc:
         raise ConfigError(exc.errors, path) from None
+    if show_env_values:
+        doc = Document(doc.data, doc.lines, frozenset(), doc.notes)
     data = doc.data
     if data is None:
         data = {}
-        doc = Document({}, doc.lines)
+        doc = Document({}, doc.lines, doc.from_env, doc.notes)
     if not isinstance(data, dict):
         raise ConfigError([FieldError("", "the document must be a mapping of keys", 1)], path)
     errors = _errors("config", doc)
@@ -363,11 +394,13 @@ def parse_config(text: str, path: str | None = None,
         errors += _upstream_policy_errors(data, doc)
     if errors:
         raise ConfigError(errors, path)
-    return Config.from_dict(data, path=path, warnings=tuple(_warnings(data, doc)))
+    return Config.from_dict(data, path=path,
+                            warnings=(*doc.notes, *_warnings(data, doc)))
 
 
-def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a configuration file."""
+def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
+                show_env_values: bool = False) -> Config:
+    """Read and validate a configuration file (see ``parse_config``)."""
     p = Path(path)
     try:
         text = p.read_text("utf-8")
@@ -377,7 +410,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
     except UnicodeDecodeError as exc:
         raise ConfigError([FieldError("", f"the file is not UTF-8 text: {exc.reason}")],
                           str(p)) from None
-    return parse_config(text, str(p), env)
+    return parse_config(text, str(p), env, show_env_values=show_env_values)
 
 
 def validate_endpoint(data: Any, prefix: PathTuple = ()) -> EndpointSpec:

@@ -42,7 +42,7 @@ def check(
                                  "($CONFIG_PATH, /etc/orchd/orchestrator.yaml, "
                                  "./etc/orchestrator.yaml)", param_hint="FILE")
     try:
-        config = load_config(path)
+        config = load_config(path, show_env_values=True)
     except ConfigError as exc:
         errors = [e.as_dict() for e in exc.errors]
         if session.json:

@@ -52,7 +52,8 @@ async def validate(request: web.Request) -> web.Response:
     except UnicodeDecodeError:
         raise ProblemError(400, "Not UTF-8", "the body must be a UTF-8 YAML document") from None
     try:
-        config = parse_config(text, "request body")
+        # ${VAR} is expanded only in the file orchd loads: never from a request.
+        config = parse_config(text, "request body", expand_env=False)
     except ConfigError as exc:
         raise ProblemError(422, "Invalid configuration", exc.summary(), errors=exc.errors,
                            extra={"valid": False}) from None
