@@ -14,6 +14,7 @@ from orchd.watcher import Change
 __all__ = ("get_state", "json_answer", "read_body", "read_json", "stamped", "submit")
 
 MAX_JSON_BODY = 1024 * 1024
+MAX_JSON_DEPTH = 64  # nesting levels of arrays and objects in an admin body
 
 
 def get_state(request: web.Request) -> GatewayState:
@@ -69,6 +70,10 @@ async def read_json(request: web.Request, *, required: bool = True, absent: Any 
         if required:
             raise ProblemError(400, "Missing body", "this call needs a JSON body")
         return absent
+    too_deep = ProblemError(400, "Malformed JSON", f"the body is nested more than "
+                            f"{MAX_JSON_DEPTH} levels deep")
+    if _nesting(raw) > MAX_JSON_DEPTH:
+        raise too_deep
     try:
         return json.loads(raw)
     except UnicodeDecodeError:
@@ -77,3 +82,31 @@ async def read_json(request: web.Request, *, required: bool = True, absent: Any 
         raise ProblemError(400, "Malformed JSON",
                            f"the body is not valid JSON: {exc.msg} at line {exc.lineno} "
                            f"column {exc.colno}") from None
+    except RecursionError:
+        raise too_deep from None
+
+
+def _nesting(raw: bytes) -> int:
+    """How deeply arrays and objects nest in a JSON text, found without parsing it (the
+    parser and the schema validator recurse, and a deep enough body would exhaust the
+    stack): brackets inside strings do not count."""
+    if raw.count(b"[") + raw.count(b"{") <= MAX_JSON_DEPTH:
+        return 0  # cannot be deeper: most bodies stop here
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in raw:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest

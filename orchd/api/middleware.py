@@ -6,7 +6,8 @@ import hmac
 import ipaddress
 from collections.abc import Awaitable, Callable
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from yarl import URL
 
 from orchd.errors import ConfigError, ProblemError
 from orchd.log import server_logger
@@ -78,10 +79,57 @@ def _is_loopback(remote: str | None) -> bool:
         return False
 
 
+def _host_name(host: str) -> str:
+    """The name or address of a ``Host`` value, without its port or brackets."""
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
+
+
+def _loopback_host(host: str) -> bool:
+    """A ``Host`` that names this machine's loopback: ``localhost`` (and, RFC 6761, any name
+    under it) or a loopback address. Any other name is what DNS rebinding would send."""
+    name = _host_name(host).rstrip(".").lower()
+    return name == "localhost" or name.endswith(".localhost") or _is_loopback(name)
+
+
+def _cross_site(request: web.Request) -> str | None:
+    """Why a call with no admin token looks driven by another site's page, if it does.
+
+    Loopback trust must not extend to a browser on this machine visiting a hostile page:
+    it could POST to 127.0.0.1 (a "simple" request needs no preflight), or rebind its own
+    name to 127.0.0.1. ``curl`` and scripts send none of these headers and pass."""
+    host = request.headers.get(hdrs.HOST)
+    if host is not None and not _loopback_host(host):
+        return f"the Host header {host[:100]!r} is not a loopback name or address"
+    if request.headers.get("Sec-Fetch-Site", "").lower() == "cross-site":
+        return "the request comes from another site's page (Sec-Fetch-Site: cross-site)"
+    origin = request.headers.get(hdrs.ORIGIN)
+    if origin is not None and not _same_origin(origin, request.scheme, host):
+        return f"the Origin {origin[:100]!r} is not this gateway's own"
+    return None
+
+
+def _same_origin(origin: str, scheme: str, host: str | None) -> bool:
+    """``Origin`` names the scheme, host and port the request was sent to (an opaque
+    ``null`` origin never does)."""
+    if host is None:
+        return False
+    try:
+        url, own = URL(origin), URL(f"{scheme}://{host}")
+        return (url.scheme, (url.host or "").lower(), url.port) == (
+            own.scheme, (own.host or "").lower(), own.port) and url.path in ("", "/")
+    except ValueError:
+        return False
+
+
 @web.middleware
 async def admin_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """TCP only: every method but GET/HEAD outside /orchestrator/ is an admin call."""
-    if request.method in _SAFE_METHODS or request.path.startswith(PREFIX):
+    """TCP only: every method but GET/HEAD outside /orchestrator/ is an admin call.
+
+    What is under /orchestrator/ is decided on the path the router matched, not on the
+    decoded one: ``/orchestrator%2F..%2Fregistry`` is not a proxied path."""
+    if request.method in _SAFE_METHODS or request.rel_url.path_safe.startswith(PREFIX):
         return await handler(request)
     token = request.app[STATE].admin_token
     if token:
@@ -98,4 +146,10 @@ async def admin_auth_middleware(request: web.Request, handler: Handler) -> web.S
         raise ProblemError(403, "Forbidden",
                            "no server.admin_token is set, so admin calls are accepted "
                            "only from loopback clients")
+    why = _cross_site(request)
+    if why is not None:
+        server_logger.warning("refused an admin call from %s: %s", request.remote, why)
+        raise ProblemError(403, "Forbidden",
+                           f"no server.admin_token is set, so admin calls are accepted only "
+                           f"from loopback clients that are not driven by a web page: {why}")
     return await handler(request)
