@@ -46,6 +46,8 @@ class ServerSettings:
     body_timeout: float = 30.0
     send_timeout: float = 60.0
     max_connections: int = 4096
+    max_streams: int = 1024
+    max_streams_per_client: int = 16
     max_header_count: int = 100
     max_header_size: int = 32768
     max_url_length: int = 8192

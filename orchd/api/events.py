@@ -8,6 +8,11 @@ Memory stays bounded whatever a client does: each stream reads from its own boun
 client that falls more than the queue behind gets a final ``subscriber_dropped`` event and
 the stream ends; a client that stops reading altogether is cut off once one write has waited
 ``WRITE_TIMEOUT`` seconds. Streams end at once when orchd stops.
+
+On the TCP port each stream holds a slot of ``orchd.streams`` (``server.max_streams``,
+``server.max_streams_per_client``); one over a cap gets 429 before it starts. The control
+socket is exempt: whoever can open it is an administrator (``orchctl status --live``), and its
+connections do not count against ``server.max_connections``.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ import json
 from aiohttp import web
 
 from orchd.api.common import get_state
+from orchd.api.control import STOP_EVENT
 from orchd.log import server_logger
 from orchd.state import STATE
+from orchd.streams import StreamSlot, stream_caps
 
 __all__ = ("HEARTBEAT", "WRITE_TIMEOUT", "close_streams", "routes")
 
@@ -42,8 +49,22 @@ async def _send(resp: web.StreamResponse, data: bytes) -> None:
         raise _Stalled from None
 
 
+def _on_control_socket(request: web.Request) -> bool:
+    """The control app (the one with ``/control/stop``) is served only on the socket."""
+    return STOP_EVENT in request.app
+
+
 @routes.get("/events")
 async def events(request: web.Request) -> web.StreamResponse:
+    state = get_state(request)
+    slot: StreamSlot | contextlib.nullcontext[None] = contextlib.nullcontext()
+    if not _on_control_socket(request):
+        slot = stream_caps(state).acquire(request.remote or "", "events")
+    with slot:
+        return await _stream(request)
+
+
+async def _stream(request: web.Request) -> web.StreamResponse:
     state = get_state(request)
     types = {t for t in request.query.get("types", "").split(",") if t}
     resp = web.StreamResponse(headers={

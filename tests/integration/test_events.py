@@ -11,6 +11,7 @@ from typing import Any
 
 import aiohttp
 
+from tests.integration.rawhttp import RawAnswer, endpoint, exchange
 from tests.support import async_wait_until, base_config
 
 TOKEN = "events-admin-token"
@@ -140,3 +141,101 @@ async def test_slow_client_is_dropped_and_memory_stays_flat(orchd_factory, http)
     assert "event: subscriber_dropped" in text
     frames = [f for f in text.split("\n\n") if "event: " in f]
     assert "event: subscriber_dropped" in frames[-1]
+
+
+# -- caps on long-lived streams (server.max_streams, server.max_streams_per_client)
+
+class OpenStream:
+    """One raw ``GET /events`` from a chosen loopback source address."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 answer: RawAnswer | None, head: bytes) -> None:
+        self.reader, self.writer, self.answer, self.head = reader, writer, answer, head
+
+    @property
+    def status(self) -> int | None:
+        if self.answer is not None:
+            return self.answer.status
+        return int(self.head.split(b" ", 2)[1])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+async def open_stream(port: int, source: str = "127.0.0.1") -> OpenStream:
+    """Open ``/events`` from ``source``: a 200 stays open (its head read), any other answer
+    is read whole."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(source, 0))
+    writer.write(b"GET /events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\n\r\n")
+    await writer.drain()
+    async with asyncio.timeout(10):
+        head = await reader.readuntil(b"\r\n\r\n")
+    if head.startswith(b"HTTP/1.1 200 "):
+        async with asyncio.timeout(10):
+            await reader.readuntil(b": connected\n\n")  # the stream is subscribed
+        return OpenStream(reader, writer, None, head)
+    length = int(head.lower().split(b"content-length:", 1)[1].split(b"\r\n", 1)[0])
+    async with asyncio.timeout(10):
+        body = await reader.readexactly(length)
+    writer.close()
+    return OpenStream(reader, writer, RawAnswer(int(head.split(b" ", 2)[1]), head, body, True),
+                      head)
+
+
+async def open_until_refused(port: int, limit: int, sources: list[str],
+                             streams: list[OpenStream]) -> OpenStream:
+    """Open streams round robin over ``sources`` (at most ``limit``) until one is refused;
+    the open ones are appended to ``streams``."""
+    for i in range(limit):
+        stream = await open_stream(port, sources[i % len(sources)])
+        if stream.status != 200:
+            return stream
+        streams.append(stream)
+    raise AssertionError(f"{limit} streams were all accepted")
+
+
+def assert_stream_refusal(refused: OpenStream, key: str) -> dict[str, Any]:
+    assert refused.answer is not None
+    assert refused.status == 429, refused.head
+    head = refused.head.decode().lower()
+    assert "content-type: application/problem+json" in head
+    retry = head.split("retry-after:", 1)[1].split("\r\n", 1)[0].strip()
+    assert int(retry) >= 1
+    problem: dict[str, Any] = json.loads(refused.answer.body)
+    assert problem["status"] == 429 and problem["title"] and problem["type"]
+    assert f"server.{key}" in problem["detail"] and problem["reason"] == key, problem
+    return problem
+
+
+async def test_event_streams_cannot_take_every_connection(orchd_factory, upstream_factory):
+    up = await upstream_factory()
+    gw = orchd_factory(base_config(endpoint("echo", up.url), server={"max_connections": 20}))
+    streams: list[OpenStream] = []
+    try:
+        # Defaults: at most max_connections // 2 streams, whoever opens them.
+        refused = await open_until_refused(gw.port, 25, ["127.0.0.1"], streams)
+        assert_stream_refusal(refused, "max_streams")
+        assert len(streams) == 10
+        # The public port still serves, on new connections, while the streams stay open.
+        for _ in range(3):
+            answer = await exchange(gw.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert answer.status == 200, answer.head
+            answer = await exchange(gw.port, b"GET /orchestrator/echo/x HTTP/1.1\r\n"
+                                             b"Host: x\r\n\r\n")
+            assert answer.status == 200, answer.head
+        for stream in streams:
+            assert not stream.reader.at_eof()
+        # Closing a stream frees its slot.
+        streams.pop().close()
+
+        async def reopened() -> bool:
+            stream = await open_stream(gw.port)
+            if stream.status == 200:
+                streams.append(stream)
+                return True
+            return False
+
+        await async_wait_until(reopened, what="a freed stream slot")
+    finally:
+        for stream in streams:
+            stream.close()
