@@ -380,8 +380,9 @@ class FrontConnection(asyncio.Protocol):
         limits = self._limits
         raw = self._raw_headers
         if (version not in ("1.1", "1.0") or len(raw) > limits.max_header_count
-                or len(head) > limits.max_header_size or len(self._url) > limits.max_url_length):
-            return None
+                or len(head) > limits.max_header_size or len(self._url) > limits.max_url_length
+                or b"#" in self._url):
+            return None  # aiohttp's: it answers these (orchd.limits.request_refusal)
         pairs: list[tuple[str, str]] = []
         first: dict[str, str] = {}
         length = -1

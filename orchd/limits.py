@@ -18,7 +18,11 @@ what an edge proxy (nginx, HAProxy, Envoy) has:
   (idle keep-alive, or still sending its headers) is closed to make room; when there is
   none, the new connection is answered 503 and closed;
 * ``server.max_url_length`` (414), ``server.max_header_size`` and ``server.max_header_count``
-  (431), as nginx and Envoy answer them; other parse errors stay 400.
+  (431), as nginx and Envoy answer them; other parse errors stay 400;
+* requests it cannot honour (``request_refusal``): HTTP/0.9 (400), a major version other
+  than 1 (505), a fragment in the request target (400), a transfer coding before ``chunked``
+  (501, RFC 9112 section 6.1); orchd.front hands such requests here, so both listeners
+  give the same answer.
 
 Limits are read from the running configuration when a connection opens, so a reload
 applies to new connections. The answers are problem documents, like every other error.
@@ -50,7 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = ("BODY_PROGRESS", "HOST_RE", "KEEPALIVE_TIMEOUT", "LINGER", "REQUEST_LINE_SLACK",
            "GuardedHandler", "GuardedRunner", "GuardedServer", "body_too_slow",
-           "close_lingering", "raw_problem")
+           "close_lingering", "raw_problem", "request_refusal")
 
 BODY_PROGRESS = 1024  # bytes a body must advance by in every body_timeout window
 KEEPALIVE_TIMEOUT = 75.0  # idle keep-alive connections (nginx's default)
@@ -60,6 +64,38 @@ REQUEST_LINE_SLACK = 64  # method, spaces and version around the request target
 SettingsFn = Callable[[], ServerSettings]
 # RFC 3986 host (reg-name, IPv4, or IP literal) and an optional port: no userinfo, no path.
 HOST_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~!$&'()*+,;=%-]*)(:[0-9]*)?")
+_VERSION_RE = re.compile(rb"HTTP/([0-9])\.([0-9])")
+
+
+def request_refusal(target: str, version: tuple[int, int] | None,
+                    coding: str | None = None) -> tuple[int, str] | None:
+    """Why a request must be refused although it parses, if it must: ``version`` is None
+    for a request line without one (HTTP/0.9), ``coding`` its ``Transfer-Encoding``."""
+    if version is None or version == (0, 9):
+        return 400, "HTTP/0.9 requests are not supported; send HTTP/1.1"
+    if version[0] != 1:
+        return 505, (f"HTTP/{version[0]}.{version[1]} is not supported on this port; "
+                     "send HTTP/1.1")
+    if "#" in target:
+        return 400, "the request target has a fragment (#...); fragments are not sent"
+    if coding is not None:
+        codings = [c.strip().lower() for c in coding.split(",")]
+        if codings[-1] == "chunked" and len(codings) > 1:
+            return 501, (f"the transfer coding {coding[:100]!r} is not supported: "
+                         "only 'chunked' alone is")
+    return None
+
+
+def _line_refusal(line: bytes) -> tuple[int, str] | None:
+    """``request_refusal`` of a request line, before the parser sees it."""
+    parts = line.split()
+    if len(parts) == 2:
+        return request_refusal(parts[1].decode("latin-1"), None)
+    if len(parts) == 3:
+        match = _VERSION_RE.fullmatch(parts[2])
+        if match is not None:
+            return request_refusal(parts[1].decode("latin-1"), (int(match[1]), int(match[2])))
+    return None  # the parser says what is wrong with it
 
 
 def raw_problem(status: int, detail: str) -> bytes:
@@ -189,6 +225,10 @@ class GuardedHandler(RequestHandler):
                         self.refuse(414, f"the request target is {len(target)} bytes; "
                                          f"the limit is {limits.max_url_length}")
                         return
+                    refusal = _line_refusal(bytes(line))
+                    if refusal is not None:
+                        self.refuse(*refusal)
+                        return
                 elif len(line) > limits.max_url_length + REQUEST_LINE_SLACK:
                     self.refuse(414, f"the request target is longer than the limit of "
                                      f"{limits.max_url_length} bytes")
@@ -225,6 +265,11 @@ class GuardedHandler(RequestHandler):
             host = message.headers.get("Host")
             if host is not None and not HOST_RE.fullmatch(host):
                 return 400, f"the Host header {host[:100]!r} is not a valid host[:port]"
+            refusal = request_refusal(message.path, (message.version.major,
+                                                      message.version.minor),
+                                      message.headers.get("Transfer-Encoding"))
+            if refusal is not None:
+                return refusal
         return None
 
     def _message_started(self) -> None:
