@@ -194,6 +194,19 @@ async def open_until_refused(port: int, limit: int, sources: list[str],
     raise AssertionError(f"{limit} streams were all accepted")
 
 
+async def reopen_when_freed(port: int, source: str, streams: list[OpenStream]) -> None:
+    """Poll until a new stream from ``source`` is accepted; it joins ``streams``."""
+
+    async def reopened() -> bool:
+        stream = await open_stream(port, source)
+        if stream.status == 200:
+            streams.append(stream)
+            return True
+        return False
+
+    await async_wait_until(reopened, what="a freed stream slot")
+
+
 def assert_stream_refusal(refused: OpenStream, key: str) -> dict[str, Any]:
     assert refused.answer is not None
     assert refused.status == 429, refused.head
@@ -227,15 +240,100 @@ async def test_event_streams_cannot_take_every_connection(orchd_factory, upstrea
             assert not stream.reader.at_eof()
         # Closing a stream frees its slot.
         streams.pop().close()
-
-        async def reopened() -> bool:
-            stream = await open_stream(gw.port)
-            if stream.status == 200:
-                streams.append(stream)
-                return True
-            return False
-
-        await async_wait_until(reopened, what="a freed stream slot")
+        await reopen_when_freed(gw.port, "127.0.0.1", streams)
     finally:
         for stream in streams:
             stream.close()
+
+
+async def test_streams_are_capped_per_client_address_and_in_total(orchd_factory):
+    gw = orchd_factory(base_config(server={"max_connections": 20, "max_streams": 8,
+                                           "max_streams_per_client": 3}))
+    streams: list[OpenStream] = []
+    try:
+        refused = await open_until_refused(gw.port, 10, ["127.0.0.2"], streams)
+        problem = assert_stream_refusal(refused, "max_streams_per_client")
+        assert "127.0.0.2" in problem["detail"]
+        assert len(streams) == 3
+        # Another address has its own allowance ...
+        for _ in range(3):
+            stream = await open_stream(gw.port, "127.0.0.3")
+            assert stream.status == 200, stream.head
+            streams.append(stream)
+        # ... until the total is reached, whoever asks.
+        refused = await open_until_refused(gw.port, 10, ["127.0.0.4", "127.0.0.5"], streams)
+        problem = assert_stream_refusal(refused, "max_streams")
+        assert "server.max_streams is 8" in problem["detail"]
+        assert len(streams) == 8
+        answer = await exchange(gw.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert answer.status == 200, answer.head
+        # A stream that ends gives its slot back, to any address.
+        streams.pop(0).close()
+        await reopen_when_freed(gw.port, "127.0.0.6", streams)
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+async def test_stream_caps_change_on_reload_and_open_streams_stay(orchd_factory, http):
+    config = base_config(server={"max_connections": 20, "max_streams_per_client": 1})
+    gw = orchd_factory(config)
+    streams: list[OpenStream] = []
+    try:
+        streams.append(await open_stream(gw.port, "127.0.0.2"))
+        assert streams[0].status == 200
+        assert_stream_refusal(await open_stream(gw.port, "127.0.0.2"), "max_streams_per_client")
+        gw.write_config(base_config(server={"max_connections": 20,
+                                            "max_streams_per_client": 2}))
+        async with http.post(f"{gw.url}/config/reload") as r:
+            assert r.status == 200, await r.text()
+        second = await open_stream(gw.port, "127.0.0.2")
+        assert second.status == 200, second.head
+        streams.append(second)
+        assert_stream_refusal(await open_stream(gw.port, "127.0.0.2"), "max_streams_per_client")
+        assert not streams[0].reader.at_eof()
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+async def test_control_socket_streams_are_not_capped(orchd_factory):
+    gw = orchd_factory(base_config(server={"max_connections": 20,
+                                           "max_streams_per_client": 1}))
+    streams: list[OpenStream] = [await open_stream(gw.port)]
+    assert streams[0].status == 200
+    connector = aiohttp.UnixConnector(str(gw.socket))
+    try:
+        async with aiohttp.ClientSession(connector=connector) as admin:
+            opened = []
+            for _ in range(3):
+                resp = await admin.get("http://orchd/events")
+                opened.append(resp)
+                assert resp.status == 200
+                async with asyncio.timeout(10):
+                    assert (await resp.content.readline()).startswith(b"retry:")
+            # The TCP port's cap still holds for that address.
+            assert_stream_refusal(await open_stream(gw.port), "max_streams_per_client")
+            for resp in opened:
+                resp.close()
+    finally:
+        for stream in streams:
+            stream.close()
+
+
+def test_stream_caps_are_config_keys_and_validated():
+    from orchd.errors import ConfigError
+    from orchd.loader import parse_config
+
+    cfg = parse_config("server:\n  max_streams: 50\n  max_streams_per_client: 2\n")
+    assert (cfg.server.max_streams, cfg.server.max_streams_per_client) == (50, 2)
+    assert parse_config("").server.max_streams == 1024
+    assert parse_config("").server.max_streams_per_client == 16
+    for key, bad in (("max_streams", "0"), ("max_streams_per_client", "1.5"),
+                     ("max_streams_per_client", "'many'")):
+        try:
+            parse_config(f"log_level: INFO\nserver:\n  {key}: {bad}\n")
+        except ConfigError as exc:
+            assert f"server.{key} (line 3)" in exc.summary(), exc.summary()
+        else:
+            raise AssertionError(f"{key}: {bad} was accepted")
