@@ -34,8 +34,9 @@ from orchd.model import ServerSettings
 if TYPE_CHECKING:
     from orchd.state import GatewayState
 
-__all__ = ("RETRY_AFTER", "StreamCaps", "StreamSlot", "stream_caps", "total_cap")
+__all__ = ("KINDS", "RETRY_AFTER", "StreamCaps", "StreamSlot", "stream_caps", "total_cap")
 
+KINDS = ("events", "websocket")  # counted from the start, so a gauge shows both at 0
 RETRY_AFTER = 5  # seconds: streams end when their clients leave, at no predictable time
 WARN_INTERVAL = 10.0  # seconds between two warnings about the same cap
 
@@ -76,7 +77,7 @@ class StreamCaps:
     def __init__(self, settings: SettingsFn) -> None:
         self._settings = settings
         self._by_client: dict[str, int] = {}
-        self.by_kind: dict[str, int] = {}  # open streams per kind ("events", "websocket")
+        self.by_kind: dict[str, int] = dict.fromkeys(KINDS, 0)  # open streams per kind
         self.open = 0
         self.refused: dict[str, int] = {"max_streams": 0, "max_streams_per_client": 0}
         self._warned: dict[str, float] = {}

@@ -39,9 +39,9 @@ def test_refusals_name_the_cap_and_its_key() -> None:
 def test_a_released_slot_is_given_back_once() -> None:
     caps = StreamCaps(lambda: ServerSettings(max_streams_per_client=1))
     with caps.acquire("a", "websocket") as slot:
-        assert caps.by_kind == {"websocket": 1} and caps.held("a") == 1
+        assert caps.by_kind == {"events": 0, "websocket": 1} and caps.held("a") == 1
     slot.release()  # a second release changes nothing
-    assert caps.open == 0 and caps.held("a") == 0 and caps.by_kind == {"websocket": 0}
+    assert caps.open == 0 and caps.held("a") == 0 and caps.by_kind == {"events": 0, "websocket": 0}
     with caps.acquire("a"):
         assert caps.open == 1
 
