@@ -54,7 +54,7 @@ from orchd.limits import (
     close_lingering,
     raw_problem,
 )
-from orchd.log import server_logger
+from orchd.log import escape_controls, server_logger
 from orchd.model import ServerSettings
 from orchd.router import PREFIX
 
@@ -533,7 +533,8 @@ class FrontConnection(asyncio.Protocol):
             except ConnectionResetError:
                 pass  # the client went away: nothing to send it
             except Exception:
-                server_logger.exception("%s %s failed", request.method, request.path)
+                server_logger.exception("%s %s failed", request.method,
+                                        escape_controls(request.path))
                 answer = problem_response(ProblemError(
                     500, "Internal Server Error",
                     "the gateway failed to handle this request; see its log"))

@@ -45,7 +45,7 @@ from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
 from orchd.errors import ProblemError
-from orchd.log import server_logger
+from orchd.log import escape_controls, server_logger
 from orchd.model import ServerSettings
 
 if TYPE_CHECKING:
@@ -393,7 +393,7 @@ class GuardedHandler(RequestHandler):
             status = 431
             detail = (f"a header field is too large or there are more than "
                       f"{self._limits.max_header_count} of them: {detail}")
-        server_logger.debug("bad request from %s: %s", request.remote, detail)
+        server_logger.debug("bad request from %s: %s", request.remote, escape_controls(detail))
         body = {"type": "about:blank", "title": HTTPStatus(status).phrase,
                 "status": status, "detail": detail[:500]}
         resp = web.Response(status=status, text=json.dumps(body),

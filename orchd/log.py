@@ -1,5 +1,13 @@
-"""Named loggers, one per concern, and the redaction every record goes through. Configured
-only at the entry point (orchd.cli)."""
+"""Named loggers, one per concern, the redaction every record goes through, and the text
+format that keeps each record on one line. Configured only at the entry point (orchd.cli).
+
+One record, one line: a request path, a header or a parser's error can carry CR, LF or other
+control characters; written raw they would end the line and start one of the client's
+choosing (a forged record). ``escape_controls`` writes them as Python escapes (``\\n``,
+``\\x85``, ``\\u2028``); the access lines (orchd.traffic) escape their fields with it, and
+``TextFormatter`` the final message of every other record. A traceback that follows a
+message stays as it is. ``log_format: json`` needs neither: ``json.dumps`` escapes them.
+"""
 
 import logging
 import re
@@ -8,8 +16,10 @@ from typing import Final
 
 __all__ = (
     "TEXT_FORMAT",
+    "TextFormatter",
     "access_logger",
     "config_logger",
+    "escape_controls",
     "health_logger",
     "proxy_logger",
     "redact",
@@ -19,6 +29,30 @@ __all__ = (
 )
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # log_format: text
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with each character that is not printable (C0 and C1 controls, DEL, line and
+    paragraph separators, lone surrogates...) written as its Python escape, so that it cannot
+    end a log line. Printable text (nearly every call) is returned as it is."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+class TextFormatter(logging.Formatter):
+    """``log_format: text``: ``TEXT_FORMAT``, each record's message on one line whatever
+    its arguments hold (``escape_controls``); a traceback after it keeps its lines."""
+
+    def __init__(self) -> None:
+        super().__init__(TEXT_FORMAT)
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        message: str = record.message
+        if not message.isprintable():
+            record.message = escape_controls(message)
+        return super().formatMessage(record)
 
 
 def utc_stamp(when: float) -> str:

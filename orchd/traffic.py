@@ -9,7 +9,9 @@ few dict updates and the line took about a tenth of a proxied request's CPU time
 
 A line holds the request id, endpoint, target, method, path (never the query), status,
 duration and bytes; never a header value, so credentials cannot reach the log. JSON lines
-carry the same fields as keys of their own.
+carry the same fields as keys of their own. Control characters (a decoded ``%0a`` in a path)
+are escaped (``orchd.log.escape_controls``): one request is one line, and no client can
+write a record of its own.
 
 Lines are written in batches (``AccessLines``): formatting a ``LogRecord`` and writing it
 alone cost about a third of a proxied request's CPU time. A batch goes out within
@@ -30,7 +32,7 @@ from bisect import bisect_left
 from collections import deque
 from typing import Any
 
-from orchd.log import TEXT_FORMAT, redact, utc_stamp
+from orchd.log import TEXT_FORMAT, escape_controls, redact, utc_stamp
 
 __all__ = ("ACCESS_LINES", "LATENCY_BUCKETS", "UNMATCHED", "AccessLines", "Histogram",
            "RequestHook", "Traffic", "Window", "status_class")
@@ -298,6 +300,8 @@ class RequestHook:
         message = (f'{remote} "{method} {path}" {status} {size} '
                    f'{us // 1000}.{_THREE_DIGITS[us % 1000]}ms rid={request_id} '
                    f'endpoint={endpoint or "-"} target={target or "-"}')
+        if not message.isprintable():  # one check for every field (a path's decoded %0a)
+            message = escape_controls(message)
         lines = self.lines
         batch = lines.target()
         fields: dict[str, Any] | None = None
