@@ -214,6 +214,19 @@ class Metrics(Collector):
         yield CounterMetricFamily("orchd_events_subscribers_dropped",
                                   "/events subscribers dropped for falling behind.",
                                   value=bus.dropped)
+        caps = state.streams
+        open_streams = GaugeMetricFamily("orchd_streams_open",
+                                         "Long-lived streams open on the public port (/events, "
+                                         "WebSockets).", labels=("kind",))
+        for kind, n in caps.by_kind.items():
+            open_streams.add_metric((kind,), n)
+        yield open_streams
+        refused = CounterMetricFamily("orchd_streams_refused",
+                                      "Long-lived streams refused with 429, by cap.",
+                                      labels=("cap",))
+        for cap, n in caps.refused.items():
+            refused.add_metric((cap,), n)
+        yield refused
         info = GaugeMetricFamily("orchd_build_info", "orchd's version; always 1.",
                                  labels=("version",))
         info.add_metric((__version__,), 1.0)

@@ -12,6 +12,7 @@ from aiohttp import web
 from orchd.events import EventBus
 from orchd.model import Config, ServerSettings
 from orchd.registry import Registry
+from orchd.streams import StreamCaps
 from orchd.target import TargetPool
 from orchd.upstream_policy import policy_for
 
@@ -85,6 +86,10 @@ class GatewayState:
     watching: bool = False
     store_degraded: str | None = None
     last_reload: ReloadStatus = field(default_factory=ReloadStatus)
+    streams: StreamCaps = field(init=False)  # /events and WebSockets: orchd.streams
+
+    def __post_init__(self) -> None:
+        self.streams = StreamCaps(lambda: self.config.server)
 
     @property
     def admin_token(self) -> str:

@@ -133,13 +133,5 @@ class StreamCaps:
 
 
 def stream_caps(state: GatewayState) -> StreamCaps:
-    """The instance's ``StreamCaps``, shared by ``/events`` and the WebSocket proxy.
-
-    Held on the gateway state (one per instance, both apps see it): the ``streams``
-    attribute when the state was built with one, else one made at first use and kept there.
-    """
-    caps = getattr(state, "streams", None)
-    if not isinstance(caps, StreamCaps):
-        caps = StreamCaps(lambda: state.config.server)
-        vars(state)["streams"] = caps
-    return caps
+    """The instance's ``StreamCaps``, shared by ``/events`` and the WebSocket proxy."""
+    return state.streams

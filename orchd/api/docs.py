@@ -348,11 +348,17 @@ def _paths() -> dict[str, Any]:
                 "200": {"description": "The upstream's answer, streamed"},
                 "404": _problem("Unknown endpoint"), "405": _problem("Method not allowed"),
                 "401": _problem("Credential required (require_auth)"),
+                "400": _problem("Malformed request (fragment in the target, a path that "
+                                "climbs above the base path)"),
+                "408": _problem("The request body arrived too slowly (server.body_timeout)"),
                 "413": _problem("Body too large"),
+                "429": _problem("A WebSocket over server.max_streams or "
+                                "server.max_streams_per_client (Retry-After)"),
                 "502": _problem("Upstream refused or broke"),
                 "503": _problem("Disabled, breaker open or no healthy target "
                                 "(with Retry-After)"),
-                "504": _problem("Upstream timeout")},
+                "504": _problem("Upstream timeout"),
+                "508": _problem("Loop: the request already passed through this gateway (Via)")},
             params=[_ID, {"name": "path", "in": "path", "required": True,
                           "schema": {"type": "string"}}],
             description="Admin auth does not apply here: the client's Authorization "
@@ -370,7 +376,9 @@ def _paths() -> dict[str, Any]:
         "/events": {"get": _op(
             "Server-Sent Events: registry, health, breaker, reload, stats", "monitoring", {
                 "200": {"description": "An endless text/event-stream", "content": {
-                    "text/event-stream": {"schema": {"type": "string"}}}}},
+                    "text/event-stream": {"schema": {"type": "string"}}}},
+                "429": _problem("Over server.max_streams or server.max_streams_per_client "
+                                "(Retry-After)")},
             params=[{"name": "types", "in": "query", "schema": {"type": "string"},
                      "description": "Comma-separated event types to keep"}])},
         "/control/stop": {"post": _op("Graceful stop (control socket only)", "control", {
