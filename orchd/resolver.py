@@ -4,11 +4,13 @@ upgrades, health probes), with ``server.allowed_upstreams``' connect-time check.
 A host name passes the registration check as written; where it leads is checked when orchd
 connects (``UpstreamPolicy.check_address``). The upstream pool does that itself; for
 aiohttp's connectors this resolver drops the addresses the policy refuses, and fails the
-connection, naming the rule, when none is left.
+connection, naming the rule, when none is left. The port goes with the address, so that a
+name leading to orchd's own listening port is refused too.
 """
 
 from __future__ import annotations
 
+import inspect
 import socket
 from collections.abc import Callable
 
@@ -17,16 +19,34 @@ from aiohttp.resolver import ThreadedResolver
 
 __all__ = ("CheckedResolver",)
 
+AddressCheck = Callable[[str, int], str | None]
+
+
+def _with_port(check: Callable[..., str | None]) -> AddressCheck:
+    """``check`` as a two-argument call: a check that takes only the address (an older
+    caller's) is given the address alone."""
+    try:
+        params = list(inspect.signature(check).parameters.values())
+    except (TypeError, ValueError):
+        return lambda ip, port: check(ip)
+    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    if len([p for p in params if p.kind in positional]) >= 2 or any(
+            p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
+        return check
+    return lambda ip, port: check(ip)
+
 
 class CheckedResolver(ThreadedResolver):
-    def __init__(self, check_address: Callable[[str], str | None]) -> None:
+    def __init__(self, check_address: Callable[..., str | None]) -> None:
+        """``check_address(ip, port)``, or ``check_address(ip)``: None when orchd may
+        connect there, else why not."""
         super().__init__()
-        self._check = check_address
+        self._check = _with_port(check_address)
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         results: list[ResolveResult] = await super().resolve(host, port, family)
-        refusals = [self._check(r["host"]) for r in results]
+        refusals = [self._check(r["host"], r["port"]) for r in results]
         allowed = [r for r, refused in zip(results, refusals, strict=True) if refused is None]
         if not allowed and results:
             # errno 0: aiohttp and the health checker show the strerror, this reason
