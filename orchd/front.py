@@ -31,6 +31,7 @@ import contextlib
 import time
 from collections.abc import Iterator
 from email.utils import formatdate
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 from urllib.parse import parse_qsl, unquote
 
@@ -593,6 +594,14 @@ class FrontConnection(asyncio.Protocol):
 
     def _head(self, status: int, reason: str, headers: Headers, length: int | None,
               close: bool) -> bytes:
+        head = self._build_head(status, reason, headers, length, close, True)
+        if not head:  # a CR, LF or NUL in a header or the reason: never written
+            head = self._build_head(status, "", _safe_headers(headers), length, close, False)
+        return head
+
+    def _build_head(self, status: int, reason: str, headers: Headers, length: int | None,
+                    close: bool, check: bool) -> bytes:
+        """The answer's head; empty if ``check`` finds a header line split or holding NUL."""
         request = self._request
         assert request is not None
         self._started = True
@@ -601,7 +610,8 @@ class FrontConnection(asyncio.Protocol):
                 and not self._server.state.stopping)
         must_be_empty = status < 200 or status == 204 or status == 304
         lines = [b"HTTP/%s %d %s\r\n" % (request.version.encode(), status,
-                                         reason.encode("latin-1", "replace"))]
+                                         reason.encode("latin-1", "replace")
+                                         if reason else _phrase(status))]
         has_length = has_type = has_date = has_server = False
         for k, v in headers:
             watched = _WATCHED.get(k.lower())
@@ -642,10 +652,17 @@ class FrontConnection(asyncio.Protocol):
                 lines.append(b"Connection: keep-alive\r\n")
         elif not http10:
             lines.append(b"Connection: close\r\n")
+        lines.append(b"\r\n")
+        head = b"".join(lines)
+        # One line per header and none split: three scans of the whole head (~0.5 µs for 400
+        # bytes, interpreted) rather than a check per header. Whatever produced them (a
+        # config, an upstream, a future change), CR, LF and NUL never go out.
+        n = len(lines)
+        if check and (head.count(b"\n") != n or head.count(b"\r") != n or b"\0" in head):
+            return b""
         self._close = not keep
         self._status = status
-        lines.append(b"\r\n")
-        return b"".join(lines)
+        return head
 
     # The proxy's Reply (orchd.proxy.Reply).
 
@@ -817,6 +834,25 @@ class FrontConnection(asyncio.Protocol):
                     await task
         if self.transport is not None and not self._handed:
             self.transport.close()
+
+
+def _phrase(status: int) -> bytes:
+    try:
+        return HTTPStatus(status).phrase.encode()
+    except ValueError:
+        return b"Unknown"
+
+
+def _safe_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
+    """``headers`` without those whose name or value holds CR, LF or NUL (logged)."""
+    out: list[tuple[bytes, bytes]] = []
+    for name, value in headers:
+        if any(c in part for part in (name, value) for c in (b"\r", b"\n", b"\0")):
+            server_logger.warning("dropped the answer header %s: its name or value holds CR, "
+                                  "LF or NUL", escape_controls(name.decode("latin-1")))
+            continue
+        out.append((name, value))
+    return out
 
 
 class _ChunkedEnd:
