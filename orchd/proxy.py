@@ -459,6 +459,18 @@ class Proxy:
                     up = await self.session.ws_connect(url, headers=headers,
                                                        protocols=protocols, autoping=False,
                                                        max_msg_size=0)
+            except aiohttp.WSServerHandshakeError as refused:
+                # The upstream answered, but not with 101: the client asked a backend that
+                # does not speak WebSocket there. Only its own 5xx is the upstream's failure.
+                reason = f"websocket upgrade refused: HTTP {refused.status}"
+                if refused.status >= 500:
+                    target.breaker.failure(reason)
+                else:
+                    target.breaker.release()
+                request["upstream_error"] = "refused"
+                raise ProblemError(502, "Upstream refused the WebSocket", f"{route.name}: "
+                                   f"{target.url}: {reason}",
+                                   headers={"X-Endpoint-ID": route.name}) from None
             except (aiohttp.ClientError, OSError, TimeoutError) as failed:
                 reason = f"websocket connect failed: {type(failed).__name__}: {failed}"
                 target.breaker.failure(reason)

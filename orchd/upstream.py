@@ -292,7 +292,7 @@ class _Connection(asyncio.Protocol):
         if self.status and not self.framed and not self.eof and exc is None:
             self.eof = True  # a body without Content-Length or chunking ends at close
             self._wake()
-        if not self.eof or self._head_pending():
+        if not self.eof or self.head_pending():
             why = f"connection lost: {exc}" if exc else "the upstream closed the connection"
             self._fail(UpstreamBroke(why))
         drain, self._drain = self._drain, None
@@ -367,7 +367,7 @@ class _Connection(asyncio.Protocol):
 
     # -- helpers
 
-    def _head_pending(self) -> bool:
+    def head_pending(self) -> bool:
         waiter = self._head_waiter
         return waiter is not None and not waiter.done()
 
@@ -544,16 +544,14 @@ class UpstreamPool:
         head_waiter = conn.start(head_only)
         sender: asyncio.Task[None] | None = None
         if deadline is not None:
-            self._deadlines[conn] = deadline
-            if self._watchdog is None:
-                self._watchdog = conn._loop.call_later(DEADLINE_TICK, self._check_deadlines)
+            self._arm(conn, deadline)
         try:
             if body is None:
                 conn.write(head)
                 conn.body_sent = True
             else:
                 conn.write(head)
-                sender = asyncio.create_task(_send_body(conn, body, chunked))
+                sender = asyncio.create_task(self._send_body(conn, body, chunked))
                 # The upstream may answer before the body is sent (an early 4xx): the head
                 # arrives first either way, and a body still being sent is then abandoned.
                 await asyncio.wait((head_waiter, sender), return_when=asyncio.FIRST_COMPLETED)
@@ -573,6 +571,42 @@ class UpstreamPool:
             conn.keep_alive = False
         return UpstreamResponse(conn, self, conn.status,
                                 conn.reason.decode("latin-1"), conn.header_list, head_only)
+
+    def _arm(self, conn: _Connection, deadline: float) -> None:
+        self._deadlines[conn] = deadline
+        if self._watchdog is None:
+            self._watchdog = conn._loop.call_later(DEADLINE_TICK, self._check_deadlines)
+
+    async def _send_body(self, conn: _Connection, body: AsyncIterator[bytes],
+                         chunked: bool) -> None:
+        """Send the request body as the client delivers it. The upstream's clock stops while
+        this waits for the client: a slow client is not the upstream's slowness (it gets 408
+        from ``server.body_timeout`` instead), so only writing to the upstream counts."""
+        deadlines, loop = self._deadlines, conn._loop
+        chunks = body.__aiter__()
+        while True:
+            deadline = deadlines.pop(conn, None)
+            left = deadline - loop.time() if deadline is not None else 0.0
+            try:
+                chunk: bytes | None = await chunks.__anext__()
+            except StopAsyncIteration:
+                chunk = None
+            if deadline is not None and conn.head_pending():
+                self._arm(conn, loop.time() + left)
+            if chunk is None:
+                break
+            if not chunk:
+                continue
+            if chunked:
+                conn.write(b"%x\r\n" % len(chunk))
+                conn.write(chunk)
+                conn.write(b"\r\n")
+            else:
+                conn.write(chunk)
+            await conn.drain()
+        if chunked:
+            conn.write(b"0\r\n\r\n")
+        conn.body_sent = True
 
     def _check_deadlines(self) -> None:
         self._watchdog = None
@@ -652,18 +686,3 @@ class UpstreamPool:
                 conn.close()
         await asyncio.sleep(0)  # let the transports run their close callbacks
 
-
-async def _send_body(conn: _Connection, body: AsyncIterator[bytes], chunked: bool) -> None:
-    async for chunk in body:
-        if not chunk:
-            continue
-        if chunked:
-            conn.write(b"%x\r\n" % len(chunk))
-            conn.write(chunk)
-            conn.write(b"\r\n")
-        else:
-            conn.write(chunk)
-        await conn.drain()
-    if chunked:
-        conn.write(b"0\r\n\r\n")
-    conn.body_sent = True
