@@ -3,7 +3,10 @@ escaped, on both listeners (a proxied path on orchd's own, an admin path on aioh
 
 from __future__ import annotations
 
+import json
 import re
+
+import pytest
 
 from tests.integration.rawhttp import endpoint, exchange
 from tests.support import async_wait_until, base_config
@@ -33,9 +36,11 @@ def _requests() -> dict[int, tuple[bytes, str]]:
     return out
 
 
-async def test_a_request_cannot_forge_a_log_record(orchd_factory, upstream_factory):
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_a_request_cannot_forge_a_log_record(orchd_factory, upstream_factory, log_format):
     up = await upstream_factory()
-    daemon = orchd_factory(base_config(endpoint("svc", up.url), log_level="DEBUG"))
+    daemon = orchd_factory(base_config(endpoint("svc", up.url), log_level="DEBUG",
+                                       server={"log_format": log_format}))
     requests = _requests()
     for data, _logger in requests.values():
         answer = await exchange(daemon.port, data)
@@ -59,6 +64,14 @@ async def test_a_request_cannot_forge_a_log_record(orchd_factory, upstream_facto
         assert char not in log, f"{char!r} written raw to the log"
     lines = log.split("\n")
     assert lines[-1] == ""
+    if log_format == "json":
+        records = [json.loads(line) for line in lines[:-1]]  # each line is one record
+        for n, (_data, logger) in requests.items():
+            mine = [r for r in records if f"forged-{n}." in json.dumps(r)]
+            assert len(mine) == 1 and mine[0]["logger"] == logger, (n, mine)
+            assert FORGED.format(n=n) in mine[0]["path"]  # the field keeps the decoded path
+        assert not any(r["level"] == "CRITICAL" for r in records), "a forged record"
+        return
     strays = [line for line in lines[:-1] if not RECORD.match(line)]
     assert not strays, f"lines that are not records of their own: {strays}"
     for n, (_data, logger) in requests.items():
