@@ -68,6 +68,7 @@ __all__ = ("FrontConnection", "FrontHeaders", "FrontRequest", "FrontServer")
 
 _PREFIX = PREFIX.encode()
 _HEAD_END = b"\r\n\r\n"
+_HTTP1 = (b" HTTP/1.1", b" HTTP/1.0")  # how the request lines this listener serves end
 _BODY_READ_LIMIT = 2**16  # a request body's buffer pauses the socket past twice this
 _PIPELINE_LIMIT = 2**16  # bytes of following requests held while an answer is produced
 _SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n".encode()
@@ -321,7 +322,11 @@ class FrontConnection(asyncio.Protocol):
         end = buf.find(_HEAD_END)
         if end < 0:
             limits = self._limits
-            if ((b"\n" not in buf  # a request line over the URL limit: 414
+            line_end = buf.find(b"\n")
+            if line_end >= 0 and not buf[:line_end].rstrip(b"\r").endswith(_HTTP1):
+                self._hand_off()  # HTTP/0.9 or 2.0 (orchd.limits.request_refusal), or malformed
+                return
+            if ((line_end < 0  # a request line over the URL limit: 414
                  and len(buf) > limits.max_url_length + REQUEST_LINE_SLACK)
                     or len(buf) > limits.max_header_size + limits.max_url_length
                     + 2 * REQUEST_LINE_SLACK  # a header section over its limit: 431

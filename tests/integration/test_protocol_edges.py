@@ -29,6 +29,8 @@ PATHS = {"proxied": "/orchestrator/up/x", "admin": "/registry/endpoints"}
 
 CASES: dict[str, tuple[str, int]] = {
     "http09": ("GET {path}\r\n\r\n", 400),
+    "http09_one_line": ("GET {path}\r\n", 400),  # as HTTP/0.9 clients send it
+    "http20_line_only": ("GET {path} HTTP/2.0\r\n", 505),
     "http20": ("GET {path} HTTP/2.0\r\nHost: gw\r\n\r\n", 505),
     "http30": ("GET {path} HTTP/3.0\r\nHost: gw\r\n\r\n", 505),
     "fragment": ("GET {path}#frag HTTP/1.1\r\nHost: gw\r\n\r\n", 400),
