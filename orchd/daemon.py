@@ -138,7 +138,8 @@ class Daemon:
         registry = Registry(pool, bus, config.circuit_breaker)
         state = GatewayState(boot=self.boot, boot_file=config.server, config=config,
                              config_path=self.config_path, bus=bus, pool=pool,
-                             registry=registry, store=store)
+                             registry=registry, store=store,
+                             own_addresses=((self.boot.host, self.boot.port),))
         registry.set_config_endpoints(config.endpoints, config.circuit_breaker)
         for name, record in stored.endpoints.items():
             try:
@@ -237,6 +238,11 @@ class Daemon:
                     "server.reuse_port with the file store: registrations made through this "
                     "process's API are not seen by the others on the port (use "
                     "registry.store: etcd to share them)")
+        # What it really listens on (inherited and ephemeral sockets included): an endpoint
+        # may not point there.
+        state.own_addresses = tuple(dict.fromkeys((
+            (self.boot.host, self.boot.port),
+            *((str(a[0]), int(a[1])) for a in public_runner.addresses if isinstance(a, tuple)))))
 
         if self.boot.control_socket:
             control_runner = web.AppRunner(control, handle_signals=False,

@@ -49,7 +49,7 @@ class HealthChecker:
         settings: Callable[[], HealthSettings],
         bus: EventBus,
         concurrency: int = 64,
-        check_address: Callable[[str], str | None] | None = None,
+        check_address: Callable[[str, int], str | None] | None = None,
     ) -> None:
         self._settings = settings
         self._bus = bus

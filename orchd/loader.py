@@ -347,9 +347,13 @@ def _expand_pattern(data: Any, pattern: PathTuple, done: PathTuple = ()) -> list
 
 def _upstream_policy_errors(data: dict[str, Any], doc: Document) -> list[FieldError]:
     """Every endpoint URL the file's ``server.allowed_upstreams`` refuses."""
-    rules = (data.get("server") or {}).get("allowed_upstreams")
+    server = data.get("server") or {}
+    rules = server.get("allowed_upstreams")
+    # The file's own listen address (flags and the environment may move it: the daemon's
+    # own check catches that at registration and connect time).
+    own = ((str(server.get("host", "127.0.0.1")), int(server.get("port", 8000))),)
     try:
-        policy = UpstreamPolicy(rules)
+        policy = UpstreamPolicy(rules, own)
     except ValueError as exc:
         where: PathTuple = ("server", "allowed_upstreams")
         return [FieldError(format_path(where), str(exc), doc.line_of(where))]

@@ -10,7 +10,6 @@ name leading to orchd's own listening port is refused too.
 
 from __future__ import annotations
 
-import inspect
 import socket
 from collections.abc import Callable
 
@@ -22,26 +21,11 @@ __all__ = ("CheckedResolver",)
 AddressCheck = Callable[[str, int], str | None]
 
 
-def _with_port(check: Callable[..., str | None]) -> AddressCheck:
-    """``check`` as a two-argument call: a check that takes only the address (an older
-    caller's) is given the address alone."""
-    try:
-        params = list(inspect.signature(check).parameters.values())
-    except (TypeError, ValueError):
-        return lambda ip, port: check(ip)
-    positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    if len([p for p in params if p.kind in positional]) >= 2 or any(
-            p.kind is inspect.Parameter.VAR_POSITIONAL for p in params):
-        return check
-    return lambda ip, port: check(ip)
-
-
 class CheckedResolver(ThreadedResolver):
-    def __init__(self, check_address: Callable[..., str | None]) -> None:
-        """``check_address(ip, port)``, or ``check_address(ip)``: None when orchd may
-        connect there, else why not."""
+    def __init__(self, check_address: AddressCheck) -> None:
+        """``check_address(ip, port)``: None when orchd may connect there, else why not."""
         super().__init__()
-        self._check = _with_port(check_address)
+        self._check = check_address
 
     async def resolve(self, host: str, port: int = 0,
                       family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:

@@ -14,7 +14,7 @@ from orchd.model import Config, ServerSettings
 from orchd.registry import Registry
 from orchd.streams import StreamCaps
 from orchd.target import TargetPool
-from orchd.upstream_policy import policy_for
+from orchd.upstream_policy import UpstreamPolicy, policy_for
 
 if TYPE_CHECKING:
     from orchd.health import HealthChecker
@@ -87,6 +87,8 @@ class GatewayState:
     store_degraded: str | None = None
     last_reload: ReloadStatus = field(default_factory=ReloadStatus)
     streams: StreamCaps = field(init=False)  # /events and WebSockets: orchd.streams
+    # The public listeners' (host, port): server.allowed_upstreams refuses them.
+    own_addresses: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         self.streams = StreamCaps(lambda: self.config.server)
@@ -95,11 +97,16 @@ class GatewayState:
     def admin_token(self) -> str:
         return self.config.server.admin_token
 
-    def upstream_address_allowed(self, ip: str) -> str | None:
+    @property
+    def upstream_policy(self) -> UpstreamPolicy:
+        """``server.allowed_upstreams`` with this instance's own listening addresses."""
+        return policy_for(self.config.server.allowed_upstreams, self.own_addresses)
+
+    def upstream_address_allowed(self, ip: str, port: int | None = None) -> str | None:
         """``server.allowed_upstreams`` at connect time: None when orchd may connect to
-        ``ip``, else why not (every client of orchd's asks: the upstream pool, WebSocket
-        upgrades and health probes)."""
-        return policy_for(self.config.server.allowed_upstreams).check_address(ip)
+        ``ip`` (and ``port``), else why not (every client of orchd's asks: the upstream
+        pool, WebSocket upgrades and health probes)."""
+        return self.upstream_policy.check_address(ip, port)
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("state", GatewayState)

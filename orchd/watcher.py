@@ -25,7 +25,6 @@ from orchd.model import Config, EndpointSpec, ServerSettings
 from orchd.state import GatewayState
 from orchd.store import AdminRecord, Record, StoreEvent
 from orchd.target import ACTIVE, ADMIN_STATES, DRAINING
-from orchd.upstream_policy import policy_for
 
 __all__ = (
     "ChangeConsumer",
@@ -194,7 +193,7 @@ class ChangeConsumer:
 
     def _check_upstreams(self, spec: EndpointSpec) -> None:
         """422 naming the rule when ``server.allowed_upstreams`` refuses one of the URLs."""
-        policy = policy_for(self.state.config.server.allowed_upstreams)
+        policy = self.state.upstream_policy
         key = "urls" if "urls" in spec.document else "url"
         errors = [FieldError(f"config.{key}" + (f"[{i}]" if key == "urls" else ""), why)
                   for i, url in enumerate(spec.urls) if (why := policy.check(url)) is not None]

@@ -63,8 +63,6 @@ async def test_every_cloud_metadata_address_is_refused_in_every_form(orchd_facto
         assert "meta" not in await r.text()
 
 
-@pytest.mark.xfail(reason="the daemon does not yet build the policy with its own listening "
-                          "addresses (GatewayState.upstream_policy)", strict=False)
 async def test_an_endpoint_cannot_point_at_this_orchd(orchd_factory, http):
     # Proxied, a POST would reach the loopback-trusted admin API from outside. No allow rule
     # lifts it.
@@ -134,8 +132,6 @@ def test_the_file_is_refused_with_the_line_and_the_rule():
     assert "matches no rule" in paths["endpoints[2].urls[1]"].message
 
 
-@pytest.mark.xfail(reason="the loader does not yet pass the file's server.host/port to the "
-                          "policy", strict=False)
 def test_the_file_cannot_point_an_endpoint_at_this_orchd():
     text = ("server:\n  port: 8123\n  allowed_upstreams: ['127.0.0.0/8', localhost]\nendpoints:\n"
             "  - name: self\n    url: http://localhost:8123/registry/endpoints\n")

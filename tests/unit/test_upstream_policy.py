@@ -238,18 +238,3 @@ async def test_the_resolver_checks_the_port_it_connects_to() -> None:
         assert await resolver.resolve("localhost", 8001, socket.AF_UNSPEC)
     finally:
         await resolver.close()
-
-
-async def test_the_resolver_still_takes_a_one_argument_check() -> None:
-    seen: list[str] = []
-
-    def check(ip: str) -> str | None:
-        seen.append(ip)
-        return None
-
-    resolver = CheckedResolver(check)
-    try:
-        assert await resolver.resolve("localhost", 8000, socket.AF_INET)
-    finally:
-        await resolver.close()
-    assert seen == ["127.0.0.1"]
