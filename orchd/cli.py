@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from orchd import __version__
 from orchd.errors import ConfigError
 from orchd.loader import load_config
-from orchd.log import TEXT_FORMAT, redact, utc_stamp
+from orchd.log import TextFormatter, redact, utc_stamp
 from orchd.model import Config
 from orchd.settings import LOG_LEVELS, Overrides, apply_overrides, find_config
 from orchd.traffic import ACCESS_LINES
@@ -80,7 +80,7 @@ def configure_logging(level: str, fmt: str = "text", log_file: str | None = None
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter(TEXT_FORMAT))
+        handler.setFormatter(TextFormatter())  # one line a record: controls escaped
     handler.addFilter(RedactingFilter(secrets))
     handler.addFilter(ACCESS_LINES.before_record)  # batched access lines keep their place
     root = logging.getLogger()

@@ -21,6 +21,7 @@ from referencing import Registry, Resource
 from yarl import URL
 
 from orchd.errors import ConfigError, FieldError
+from orchd.log import escape_controls
 from orchd.model import Config, EndpointSpec
 from orchd.schema import SCHEMA_NAMES, load_schema
 from orchd.upstream_policy import UpstreamPolicy
@@ -59,7 +60,8 @@ def format_path(path: Sequence[str | int]) -> str:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            part = escape_controls(part)  # a key is input too: it cannot break a log line
+            out += f".{part}" if out else part
     return out
 
 
@@ -273,6 +275,11 @@ def _message(error: jsonschema.ValidationError) -> tuple[PathTuple, str]:
     if kind == "enum":
         choices = ", ".join(json.dumps(c) for c in error.validator_value)  # type: ignore[union-attr]
         return path, f"{inst!r} is not one of {choices}"
+    if kind == "pattern" and isinstance(schema.get("description"), str):
+        # A pattern that says in words what it allows (header names and values).
+        if "propertyNames" in error.schema_path:
+            return path, f"the header name {inst!r} {schema['description']}"
+        return path, f"{inst!r} {schema['description']}"
     return path, error.message
 
 

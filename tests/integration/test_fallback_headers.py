@@ -83,8 +83,6 @@ async def test_registration_with_a_control_character_in_a_fallback_header_is_422
         assert r.status == 404
 
 
-@pytest.mark.xfail(strict=True, reason="orchd.loader._message quotes jsonschema's 'does not "
-                   "match <regex>' for patterns; it should use the schema's description")
 def test_the_error_says_what_a_header_may_hold():
     errors = _errors('"X\\nEvil"')
     value = next(e for e in errors if "X-Evil" in e)

@@ -379,7 +379,7 @@ async def test_a_slow_admin_body_is_cut_with_408(orchd_factory, upstream_factory
     gw = orchd_factory(limited(up.url, body_timeout=1))
     reader, writer = await connect(gw.port)
     try:
-        writer.write(b"POST /registry/endpoints HTTP/1.1\r\nHost: x\r\n"
+        writer.write(b"POST /registry/endpoints HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                      b"Content-Type: application/json\r\nContent-Length: 500\r\n\r\n{")
         await writer.drain()
         answer = await read_answer(reader, timeout=15)
@@ -395,7 +395,7 @@ async def test_an_admin_body_split_across_packets_is_read_whole(orchd_factory, u
     body = json.dumps({"config": {"name": "split", "url": up.url}}).encode()
     reader, writer = await connect(gw.port)
     try:
-        writer.write(b"POST /registry/endpoints HTTP/1.1\r\nHost: x\r\nContent-Type: "
+        writer.write(b"POST /registry/endpoints HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                      b"application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:10])
         await writer.drain()
         await asyncio.sleep(0.3)  # the rest comes in a later packet
@@ -415,7 +415,7 @@ async def test_a_config_document_split_across_packets_is_validated_whole(
     body = doc.encode()
     reader, writer = await connect(gw.port)
     try:
-        writer.write(b"POST /config/validate HTTP/1.1\r\nHost: x\r\nContent-Type: "
+        writer.write(b"POST /config/validate HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
                      b"application/yaml\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:100])
         await writer.drain()
         await asyncio.sleep(0.3)
