@@ -389,6 +389,19 @@ class Proxy:
                     breaker.failure(f"HTTP {status}")
                     request["upstream_error"] = "5xx"
                     reported = True
+                early = upstream.error()
+                if early is not None:
+                    # Malformed or cut before anything reached the client: a clean 502.
+                    reason = f"{type(early).__name__}: {early}"
+                    if not reported:
+                        breaker.failure(reason)
+                        reported = True
+                    request["upstream_error"] = "reset"
+                    raise _UpstreamFailed(ProblemError(
+                        502, "Upstream connection broke",
+                        f"{route.name}: {target.url} broke the exchange: {reason}",
+                        headers=ep_headers, extra={"reason": "upstream_broke"}),
+                        reason, retriable=False)
                 out, length = _response_headers(upstream.raw_headers)
                 hundredths = int((time.perf_counter() - started) * 100_000 + 0.5)  # of a ms
                 out += ((b"X-Request-ID", rid.encode()), (b"X-Endpoint-ID", route.name.encode()),

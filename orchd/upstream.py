@@ -89,6 +89,11 @@ class UpstreamResponse:
         conn = self._conn
         return conn is not None and conn.eof and conn.exc is None
 
+    def error(self) -> BaseException | None:
+        """What broke the answer already (a malformed body, a lost connection), if anything."""
+        conn = self._conn
+        return conn.failure() if conn is not None else None
+
     def take_buffered(self) -> Body:
         """The body received so far, removed from the buffer (one join, no copy for one chunk)."""
         conn = self._conn
@@ -239,10 +244,13 @@ class _Connection(asyncio.Protocol):
                 # A head and some body in one read: parse the head alone; if the body has
                 # a Content-Length, the rest is taken as a view, not copied by llhttp.
                 view = memoryview(data)
-                self._feed(view[:end + 4])
+                # (Whether the head broke is asked of _feed: ``self.exc`` is narrowed to None
+                # by the test above, and compiled code would trust that after the call.)
+                if self._feed(view[:end + 4]):
+                    return
                 if self._left:
                     self._body_bytes(view[end + 4:])
-                elif self.exc is None and not self.eof:
+                elif not self.eof:
                     self._feed(view[end + 4:])
                 else:
                     self.keep_alive = False  # bytes after a whole answer: not reusable
@@ -264,7 +272,8 @@ class _Connection(asyncio.Protocol):
             self.eof = True
             self._wake()
 
-    def _feed(self, data: Body) -> None:
+    def _feed(self, data: Body) -> bool:
+        """Parse ``data``; True when the answer is broken (``self.exc`` is set)."""
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -283,6 +292,12 @@ class _Connection(asyncio.Protocol):
             # it skips the parser, which is replaced for the connection's next answer.
             self._left = self._length - self._received
             self._stale_parser = True
+        return self.failure() is not None
+
+    def failure(self) -> BaseException | None:
+        """What broke the exchange, if anything. A call, not an attribute read, wherever a
+        test of ``self.exc`` came before a call that may set it (see ``data_received``)."""
+        return self.exc
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -314,6 +329,10 @@ class _Connection(asyncio.Protocol):
         self.reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.status:
+            # A trailer field (llhttp reports those of a chunked answer as headers too): never
+            # merged into the header section (RFC 9110 section 6.5.1), so dropped.
+            return
         if len(name) in (14, 17):
             low = name.lower()
             if low == b"content-length":

@@ -6,16 +6,21 @@ memory are back to where they were.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import contextlib
+import os
+import re
 import socket
 import struct
+import subprocess
+import sys
 
 import aiohttp
 import pytest
 
-from tests.integration.rawhttp import endpoint, fd_count, rss_kib
-from tests.support import async_wait_until, base_config
+from tests.integration.rawhttp import endpoint, exchange, fd_count, rss_kib
+from tests.support import IN_CI, ROOT, async_wait_until, base_config
 
 
 class FaultyUpstream:
@@ -65,6 +70,22 @@ class FaultyUpstream:
             w.write(canned)
             await w.drain()
             return False
+        if path == "/trailers-streamed":
+            # The head and a first chunk, then (once the proxy has begun to stream) the end.
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: Set-Cookie"
+                    b"\r\n\r\n5\r\nhello\r\n")
+            await w.drain()
+            await asyncio.sleep(0.3)
+            w.write(b"5\r\nworld\r\n" + _TRAILERS)
+            await w.drain()
+            return False
+        if path == "/garbage-in-later-read":
+            w.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            await w.drain()
+            await asyncio.sleep(0.3)
+            w.write(b"\x00\x01 not a chunk\r\n\r\n")
+            await w.drain()
+            return False
         if path == "/reset-before-head":
             _reset(w)
             return False
@@ -107,8 +128,24 @@ class FaultyUpstream:
             await self.server.wait_closed()
 
 
+_TRAILERS = (b"0\r\nSet-Cookie: trailer=evil\r\nLocation: http://evil.example/\r\n"
+             b"Content-Type: text/evil\r\n\r\n")
+# Malformed answers that arrive in one read: nothing has reached the client yet, so 502.
+_MALFORMED = {
+    "/garbage-after-head": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                           b"\x00\x01 not a chunk\r\n\r\n",
+    "/bad-chunk-size": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                       b"zz\r\nhello\r\n0\r\n\r\n",
+    "/invalid-status-line": b"HTTP/1.1 2x0 OK\r\nContent-Length: 2\r\n\r\nok",
+    "/head-then-garbage": b"HTTP/1.1 200 OK\r\nX-Fine: yes\r\nthis is no header\r\n\r\n"
+                          b"body",
+}
 # Faults that are one write, after which the upstream closes the connection.
 _ANSWER_THEN_CLOSE = {
+    **_MALFORMED,
+    "/trailers-small": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n"
+                       b"Trailer: Set-Cookie, Location, Content-Type\r\n\r\n"
+                       b"5\r\nhello\r\n" + _TRAILERS,
     "/garbage": b"SSH-2.0-OpenSSH_9.6\r\nthis is not http\r\n\r\n",
     "/short-body-close": b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n" + b"b" * 10,
     # ambiguous framing: a desync if passed on
@@ -184,7 +221,7 @@ async def test_faults_get_clear_answers_and_resources_return(orchd_factory, faul
         "short-body-silent": (200, "cut"),
         "silent": (504, "complete"),
         "endless-header": (502, "complete"),
-        "bad-chunk": (200, "cut"),
+        "bad-chunk": (502, "complete"),  # broken before anything was passed on
         "cl-and-te": (502, "complete"),
         "duplicate-cl": (502, "complete"),
         "endless-body": (200, "enough"),
@@ -204,3 +241,61 @@ async def test_faults_get_clear_answers_and_resources_return(orchd_factory, faul
     assert rss1 < rss0 * 1.25 + 8192, (rss0, rss1)
     async with aiohttp.ClientSession() as s:
         assert await _get(s, f"{base}/ok") == (200, "complete")
+
+
+async def test_upstream_trailers_never_become_headers(orchd_factory, faulty):
+    gw = orchd_factory(base_config(endpoint("up", faulty.url, timeout=5, retries=0)))
+    for path in ("trailers-small", "trailers-streamed"):
+        answer = await exchange(gw.port, f"GET /orchestrator/up/{path} HTTP/1.1\r\n"
+                                         "Host: gw\r\nConnection: close\r\n\r\n".encode())
+        assert answer.status == 200, (path, answer)
+        head = answer.head.lower()
+        for name in (b"set-cookie", b"location"):
+            assert b"\r\n" + name + b":" not in head, (path, answer.head)
+        # (A listener may add a Content-Type of its own to an answer that has none.)
+        assert b"evil" not in head, (path, answer.head)
+        assert b"hello" in answer.body, (path, answer.body)
+
+
+async def test_malformed_answers_get_502_without_a_traceback(orchd_factory, faulty):
+    gw = orchd_factory(base_config(endpoint("up", faulty.url, timeout=5, retries=0),
+                                   circuit_breaker={"failure_threshold": 1000}))
+    base = f"{gw.url}/orchestrator/up"
+    async with aiohttp.ClientSession() as s:
+        results = {path: await _get(s, f"{base}{path}") for path in _MALFORMED}
+        # Garbage after a head that has already been passed on: the answer is cut.
+        results["/garbage-in-later-read"] = await _get(s, f"{base}/garbage-in-later-read")
+        assert await _get(s, f"{base}/ok") == (200, "complete")
+    log = gw.log()
+    assert "Traceback" not in log and "Fatal error" not in log, log
+    assert results == {**{path: (502, "complete") for path in _MALFORMED},
+                       "/garbage-in-later-read": (200, "cut")}, results
+
+
+def _compiled_modules() -> list[str]:
+    """The modules setup.py compiles (its ``COMPILED`` list), as module names."""
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    for node in ast.walk(tree):
+        if (isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "COMPILED"
+                                                 for t in node.targets)):
+            paths = ast.literal_eval(node.value)
+            return [p.removesuffix(".py").replace("/", ".") for p in paths]
+    raise AssertionError("setup.py has no COMPILED list")
+
+
+def test_request_path_is_compiled():
+    """orchd as the tests start it (``python -m orchd`` from the repository) runs the
+    mypyc-compiled request path, unless ORCHD_PURE asks for the pure-Python one."""
+    if os.environ.get("ORCHD_PURE"):
+        pytest.skip("ORCHD_PURE is set: the pure-Python modules are meant")
+    modules = _compiled_modules()
+    assert "orchd.upstream" in modules and "orchd.proxy" in modules, modules
+    code = "import importlib, sys\nfor m in sys.argv[1:]:\n    " \
+           "print(m, importlib.import_module(m).__file__)"
+    out = subprocess.run([sys.executable, "-c", code, *modules], cwd=str(ROOT),
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    files = dict(line.split(" ", 1) for line in out.splitlines())
+    pure = sorted(m for m in modules if not re.search(r"\.(so|pyd)$", files[m]))
+    if pure and not IN_CI:
+        pytest.skip(f"not compiled here (run `make`): {', '.join(pure)}")
+    assert not pure, f"these request path modules are not compiled: {files}"
