@@ -128,6 +128,20 @@ def _request_id(request: web.Request) -> str:
     return _rid_prefix + hex(next(_rid_counter))[3:]
 
 
+def _upstream_problem(status: int, title: str, endpoint: str, rid: str, what: str,
+                      reason: str, target: str, why: str,
+                      headers: dict[str, str]) -> ProblemError:
+    """A gateway error caused upstream. The client learns the endpoint, what went wrong in
+    general words (``what``, and ``reason`` as a field) and the request id; the target's
+    address and the failure's own words (``why``) go to the log only, on one line."""
+    proxy_logger.warning("request %s: endpoint %s: upstream %s: %s (%s)",
+                         rid, endpoint, target, why, reason)
+    return ProblemError(status, title,
+                        f"endpoint {endpoint!r}: {what}; request id {rid}; "
+                        "details are in the gateway's log",
+                        headers=headers, extra={"reason": reason})
+
+
 def _too_large(detail: str, headers: dict[str, str]) -> ProblemError:
     return ProblemError(413, "Request body too large", detail, headers=headers)
 
@@ -232,7 +246,7 @@ class Proxy:
             return await self._forward(request, reply, route, segments, query, rid, started,
                                        max_body)
 
-    def _pick(self, route: Route, tried: set[Target]) -> Target:
+    def _pick(self, route: Route, tried: set[Target], rid: str) -> Target:
         target = choose(route, tried)
         if target is not None:
             return target
@@ -244,18 +258,16 @@ class Proxy:
             retry = max(1, int(min(t.breaker.retry_after() for t in open_breakers) + 0.999))
             if fallback is not None:
                 raise _Fallback(fallback.status, dict(fallback.headers), fallback.body, retry)
-            reasons = "; ".join(
-                f"{t.url}: {t.breaker.state}"
-                + (f", last failure: {t.breaker.last_failure}" if t.breaker.last_failure else "")
-                for t in open_breakers)
+            # (The breakers' reasons were logged when they opened; GET
+            # /health/circuit-breakers shows them. The client learns none of them.)
             raise ProblemError(503, "Circuit breaker open",
                                f"endpoint {route.name!r}: no target accepts requests while its "
-                               f"circuit breaker is open ({reasons})",
+                               f"circuit breaker is open; request id {rid}",
                                headers={**headers, "Retry-After": str(retry)},
                                extra={"reason": "circuit_breaker_open"})
         raise ProblemError(503, "No available target",
                            f"endpoint {route.name!r} has no target that may take the request "
-                           "(drained, unhealthy or its breaker is open)",
+                           f"(drained, unhealthy or its breaker is open); request id {rid}",
                            headers={**headers, "Retry-After": "5"},
                            extra={"reason": "no_available_target"})
 
@@ -289,7 +301,7 @@ class Proxy:
         last: _UpstreamFailed | None = None
         for attempt in range(attempts):
             try:
-                target = self._pick(route, tried)
+                target = self._pick(route, tried, rid)
             except _Fallback as fb:
                 return fb.response(rid, route.name)
             except ProblemError:
@@ -349,20 +361,20 @@ class Proxy:
                 breaker.failure(f"timeout after {route.spec.timeout:g}s")
                 request["upstream_error"] = "timeout"
                 reported = True
-                raise _UpstreamFailed(ProblemError(
-                    504, "Upstream timeout",
-                    f"{route.name}: {target.url} did not answer within {route.spec.timeout:g}s",
-                    headers=ep_headers, extra={"reason": "upstream_timeout"}),
+                raise _UpstreamFailed(_upstream_problem(
+                    504, "Upstream timeout", route.name, rid,
+                    f"the upstream did not answer within {route.spec.timeout:g}s",
+                    "upstream_timeout", target.url, "timeout", ep_headers),
                     "timeout", retriable=False) from None
             except UpstreamConnectError as refused:
                 why = refused.strerror or str(refused)
                 breaker.failure(f"connect error: {why}")
                 request["upstream_error"] = "refused"
                 reported = True
-                raise _UpstreamFailed(ProblemError(
-                    502, "Upstream refused the connection",
-                    f"{route.name}: cannot connect to {target.url}: {why}",
-                    headers=ep_headers, extra={"reason": "upstream_refused"}),
+                raise _UpstreamFailed(_upstream_problem(
+                    502, "Upstream refused the connection", route.name, rid,
+                    "the upstream refused the connection", "upstream_refused", target.url,
+                    f"connect error: {why}", ep_headers),
                     f"connect error: {why}", retriable=True) from None
             except (aiohttp.ClientError, OSError) as exc:
                 if _caused_by(exc, BodyTooLarge):
@@ -375,11 +387,10 @@ class Proxy:
                 breaker.failure(reason)
                 request["upstream_error"] = "reset"
                 reported = True
-                raise _UpstreamFailed(ProblemError(
-                    502, "Upstream connection broke",
-                    f"{route.name}: {target.url} broke the exchange: {reason}",
-                    headers=ep_headers, extra={"reason": "upstream_broke"}),
-                    reason, retriable=False) from None
+                raise _UpstreamFailed(_upstream_problem(
+                    502, "Upstream connection broke", route.name, rid,
+                    "the upstream broke the exchange", "upstream_broke", target.url, reason,
+                    ep_headers), reason, retriable=False) from None
 
             # (The response is released in a finally of its own: it exists only once
             # the request got one; mypyc would not let a None pass for it.)
@@ -397,11 +408,10 @@ class Proxy:
                         breaker.failure(reason)
                         reported = True
                     request["upstream_error"] = "reset"
-                    raise _UpstreamFailed(ProblemError(
-                        502, "Upstream connection broke",
-                        f"{route.name}: {target.url} broke the exchange: {reason}",
-                        headers=ep_headers, extra={"reason": "upstream_broke"}),
-                        reason, retriable=False)
+                    raise _UpstreamFailed(_upstream_problem(
+                        502, "Upstream connection broke", route.name, rid,
+                        "the upstream broke the exchange", "upstream_broke", target.url,
+                        reason, ep_headers), reason, retriable=False)
                 out, length = _response_headers(upstream.raw_headers)
                 hundredths = int((time.perf_counter() - started) * 100_000 + 0.5)  # of a ms
                 out += ((b"X-Request-ID", rid.encode()), (b"X-Endpoint-ID", route.name.encode()),
@@ -438,8 +448,8 @@ class Proxy:
                     if not reported:
                         breaker.failure(f"body broke: {type(cut).__name__}")
                         reported = True
-                    proxy_logger.warning("%s: upstream %s broke mid-body: %r",
-                                         route.name, target.url, cut)
+                    proxy_logger.warning("request %s: endpoint %s: upstream %s broke "
+                                         "mid-body: %r", rid, route.name, target.url, cut)
                     reply.abort()
                     return
                 if not reported:
@@ -454,7 +464,7 @@ class Proxy:
 
     async def _websocket(self, request: web.Request, route: Route, segments: list[str],
                          query: str, rid: str) -> web.StreamResponse:
-        target = self._pick(route, set())
+        target = self._pick(route, set(), rid)
         try:
             path = map_path(target.base_path, segments)
         except PathError as bad:
@@ -481,17 +491,20 @@ class Proxy:
                 else:
                     target.breaker.release()
                 request["upstream_error"] = "refused"
-                raise ProblemError(502, "Upstream refused the WebSocket", f"{route.name}: "
-                                   f"{target.url}: {reason}",
-                                   headers={"X-Endpoint-ID": route.name}) from None
+                raise _upstream_problem(502, "Upstream refused the WebSocket", route.name, rid,
+                                        "the upstream did not accept the WebSocket upgrade",
+                                        "websocket_refused", target.url, reason,
+                                        {"X-Endpoint-ID": route.name}) from None
             except (aiohttp.ClientError, OSError, TimeoutError) as failed:
                 reason = f"websocket connect failed: {type(failed).__name__}: {failed}"
                 target.breaker.failure(reason)
-                request["upstream_error"] = (
-                    "timeout" if isinstance(failed, TimeoutError) else "refused")
-                raise ProblemError(502, "Upstream refused the WebSocket", f"{route.name}: "
-                                   f"{target.url}: {reason}",
-                                   headers={"X-Endpoint-ID": route.name}) from None
+                timed_out = isinstance(failed, TimeoutError)
+                request["upstream_error"] = "timeout" if timed_out else "refused"
+                raise _upstream_problem(502, "Upstream refused the WebSocket", route.name, rid,
+                                        "the WebSocket connection to the upstream failed",
+                                        "upstream_timeout" if timed_out else "upstream_refused",
+                                        target.url, reason,
+                                        {"X-Endpoint-ID": route.name}) from None
             target.breaker.success()
             ws = web.WebSocketResponse(protocols=[up.protocol] if up.protocol else (),
                                        autoping=False, max_msg_size=0)

@@ -603,7 +603,10 @@ async def test_upstream_refused_502(env: Env, http: aiohttp.ClientSession) -> No
     async with http.get(env.url("refused/x")) as r:
         body = await assert_problem(r, 502)
         assert r.headers["X-Endpoint-ID"] == "refused"
-    assert "connect" in body["detail"]
+        rid = r.headers["X-Request-ID"]
+    assert body["reason"] == "upstream_refused"
+    assert "refused the connection" in body["detail"] and rid in body["detail"]
+    assert "127.0.0.1" not in body["detail"]  # the upstream's address is in the log only
 
 
 async def test_disabled_503(env: Env, http: aiohttp.ClientSession) -> None:
@@ -616,7 +619,8 @@ async def test_timeout_504(env: Env, http: aiohttp.ClientSession) -> None:
     async with http.get(env.url("slow/slow")) as r:
         body = await assert_problem(r, 504)
         assert r.headers["X-Endpoint-ID"] == "slow"
-    assert "1s" in body["detail"]
+    assert "1s" in body["detail"] and body["reason"] == "upstream_timeout"
+    assert env.up.url not in body["detail"]
 
 
 async def test_gateway_still_serves_after_bad_input(env: Env,
