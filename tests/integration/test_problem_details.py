@@ -13,7 +13,6 @@ import json
 import re
 from typing import Any
 
-import aiohttp
 from aiohttp import web
 
 from tests.support import async_wait_until, base_config, free_port
