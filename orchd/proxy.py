@@ -24,6 +24,7 @@ from yarl import URL
 
 from orchd.balancer import RetryBudget, choose
 from orchd.errors import ProblemError, UpstreamBroke, UpstreamConnectError
+from orchd.hops import seen_here, via_after
 from orchd.inflight import InFlight
 from orchd.log import proxy_logger
 from orchd.model import IDEMPOTENT_METHODS
@@ -40,7 +41,7 @@ HOP_BY_HOP = frozenset(h.lower() for h in (
 ))
 # Never copied from the client to the upstream: hop-by-hop, and what the proxy sets itself.
 _REQUEST_DROP = HOP_BY_HOP | {"host", "x-forwarded-for", "x-forwarded-proto",
-                              "x-forwarded-host", "x-request-id", "content-length"}
+                              "x-forwarded-host", "x-request-id", "content-length", "via"}
 _RESPONSE_DROP = frozenset(h.encode() for h in HOP_BY_HOP | {
     "content-length", "x-request-id", "x-endpoint-id", "x-response-time"})
 _NAMES_NO_HEADER = frozenset({b"close", b""})  # Connection tokens that are not header names
@@ -142,6 +143,13 @@ def _upstream_problem(status: int, title: str, endpoint: str, rid: str, what: st
                         headers=headers, extra={"reason": reason})
 
 
+def _received_via(headers: Any) -> str | None:
+    """The request's ``Via`` field lines, joined with commas (None without one)."""
+    if "Via" not in headers:
+        return None
+    return ", ".join([v for k, v in headers.items() if k.lower() == "via"])
+
+
 def _too_large(detail: str, headers: dict[str, str]) -> ProblemError:
     return ProblemError(413, "Request body too large", detail, headers=headers)
 
@@ -207,6 +215,17 @@ class Proxy:
 
     async def _handle(self, request: Any, reply: Reply, rid: str,
                       started: float) -> web.Response | None:
+        via = _received_via(request.headers)
+        if via is not None and seen_here(via):
+            # Already forwarded by this orchd (an endpoint that leads back here): refused
+            # instead of going round again.
+            proxy_logger.warning("request %s: %s %s has already passed through this gateway "
+                                 "(Via: %s): loop refused", rid, request.method,
+                                 request.raw_path, via)
+            raise ProblemError(508, "Loop detected",
+                               "the request has already passed through this gateway (its "
+                               f"Via header names it); request id {rid}",
+                               extra={"reason": "loop_detected"})
         raw = request.raw_path
         path, _, query = raw.partition("?")
         snapshot = self.state.registry.snapshot
@@ -284,7 +303,8 @@ class Proxy:
         out += (("X-Forwarded-For", f"{prior}, {peer}" if prior else peer),
                 ("X-Forwarded-Proto", "https" if request.secure else "http"),
                 ("X-Forwarded-Host", src.get(hdrs.HOST, "")),
-                ("X-Request-ID", rid))
+                ("X-Request-ID", rid),
+                ("Via", via_after(_received_via(src))))
         return out
 
     async def _forward(self, request: Any, reply: Reply, route: Route, segments: list[str],
