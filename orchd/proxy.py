@@ -260,7 +260,11 @@ class Proxy:
         with self.streams.track(route.name, request.task.cancel):
             if (request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
                     and method == "GET" and isinstance(reply, _StreamReply)):
-                reply.response = await self._websocket(request, route, segments, query, rid)
+                # A WebSocket holds its connection as long as it lives: it takes one of the
+                # long-lived stream slots (orchd.streams) before it costs a breaker trial.
+                with self.state.streams.acquire(request.remote or "", "websocket"):
+                    reply.response = await self._websocket(request, route, segments, query,
+                                                           rid)
                 return None
             return await self._forward(request, reply, route, segments, query, rid, started,
                                        max_body)

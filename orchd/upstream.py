@@ -482,7 +482,7 @@ class UpstreamPool:
         self._loop: asyncio.AbstractEventLoop | None = None  # the first request's
         self.opened = 0  # connections opened so far (tests and the benchmark read it)
         # Asked with the address each new connection reached: a reason refuses it.
-        self.check_address: Callable[[str], str | None] | None = None
+        self.check_address: Callable[[str, int], str | None] | None = None
         # Exchanges waiting for an answer's head, and their deadlines: one timer checks them
         # all every DEADLINE_TICK (a timer handle per request cost ~3% of its CPU time).
         self._deadlines: dict[_Connection, float] = {}
@@ -666,7 +666,8 @@ class UpstreamPool:
             raise UpstreamConnectError(exc.errno, exc.strerror or str(exc)) from exc
         self.opened += 1
         peer = transport.get_extra_info("peername") if self.check_address else None
-        why = self.check_address(str(peer[0])) if self.check_address and peer else None
+        why = (self.check_address(str(peer[0]), int(peer[1]))
+               if self.check_address and peer else None)
         if why is not None:
             conn.close()
             raise UpstreamConnectError(errno.EACCES, f"{origin.host} resolved to {why}")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from tests.integration.rawhttp import endpoint
@@ -25,8 +24,6 @@ def ws_echo_app() -> web.Application:
     return app
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError,
-                   reason="the WebSocket proxy path does not take a stream slot yet")
 async def test_websockets_and_event_streams_share_the_per_client_cap(orchd_factory,
                                                                      upstream_factory):
     up = await upstream_factory(ws_echo_app())
