@@ -12,7 +12,12 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 
 from orchd.api import config, control, dashboard, docs, events, health, metrics, registry, root
-from orchd.api.middleware import admin_auth_middleware, problem_middleware, problem_response
+from orchd.api.middleware import (
+    admin_auth_middleware,
+    loop_middleware,
+    problem_middleware,
+    problem_response,
+)
 from orchd.metrics import Metrics
 from orchd.proxy import Proxy
 from orchd.state import STATE, GatewayState
@@ -33,7 +38,8 @@ def _add_admin(app: web.Application, collector: Metrics | None = None) -> None:
 
 def build_public_app(state: GatewayState, proxy: Proxy,
                      collector: Metrics | None = None) -> web.Application:
-    app = web.Application(middlewares=[problem_middleware, admin_auth_middleware],
+    app = web.Application(middlewares=[problem_middleware, loop_middleware,
+                                       admin_auth_middleware],
                           client_max_size=1024**2, handler_args={"max_field_size": 16384})
     app[STATE] = state
     app.router.add_route("*", "/orchestrator/{tail:.*}", proxy.handle,

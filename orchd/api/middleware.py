@@ -10,11 +10,12 @@ from aiohttp import hdrs, web
 from yarl import URL
 
 from orchd.errors import ConfigError, ProblemError
+from orchd.hops import seen_here
 from orchd.log import server_logger
 from orchd.router import PREFIX
 from orchd.state import STATE, stamp
 
-__all__ = ("admin_auth_middleware", "problem_middleware", "problem_response")
+__all__ = ("admin_auth_middleware", "loop_middleware", "problem_middleware", "problem_response")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -121,6 +122,23 @@ def _same_origin(origin: str, scheme: str, host: str | None) -> bool:
             own.scheme, (own.host or "").lower(), own.port) and url.path in ("", "/")
     except ValueError:
         return False
+
+
+@web.middleware
+async def loop_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """TCP only: a request that already passed through this orchd (its ``Via`` names it) went
+    round a loop, e.g. an endpoint leading back here: refused (the proxy refuses its own)."""
+    if request.rel_url.path_safe.startswith(PREFIX):
+        return await handler(request)
+    via = request.headers.getall(hdrs.VIA, None)
+    if via and seen_here(", ".join(via)):
+        server_logger.warning("refused a request from %s that already passed through this "
+                              "gateway (Via): %s %s", request.remote, request.method,
+                              request.rel_url.path_safe)
+        raise ProblemError(508, "Loop detected",
+                           "the request has already passed through this gateway",
+                           extra={"reason": "loop_detected"})
+    return await handler(request)
 
 
 @web.middleware

@@ -148,3 +148,23 @@ async def test_deeply_nested_json_is_a_400_problem(
         assert r.status in (201, 422), await r.text()
     assert "Traceback" not in gw.log()
     assert "RecursionError" not in gw.log()
+
+
+async def test_an_admin_call_that_already_passed_through_this_gateway_is_508(
+        orchd_factory: Callable[..., Orchd], upstream_factory: Any,
+        http: aiohttp.ClientSession) -> None:
+    up = await upstream_factory()
+    gw = orchd_factory(base_config({"name": "echo", "url": up.url}))
+    async with http.get(f"{gw.url}/orchestrator/echo/x") as r:
+        via = (await r.json())["headers"]["Via"]  # what this gateway adds to what it forwards
+    assert via.startswith("1.1 orchd-")
+    async with http.post(f"{gw.url}/registry/endpoints", json=reg("looped", up.url),
+                         headers={"Via": f"1.1 lb.example, {via}"}) as r:
+        assert r.status == 508, await r.text()
+        assert (await r.json(content_type=None))["reason"] == "loop_detected"
+    async with http.get(f"{gw.url}/health", headers={"Via": via}) as r:
+        assert r.status == 508
+    # Another gateway's entry is no loop.
+    async with http.post(f"{gw.url}/registry/endpoints", json=reg("ok", up.url),
+                         headers={"Via": "1.1 orchd-000000000000, 1.0 proxy"}) as r:
+        assert r.status == 201, await r.text()
