@@ -33,10 +33,10 @@ from orchd.accesslog import access_logger_class
 from orchd.api import build_control_app, build_public_app
 from orchd.api.control import RESTART
 from orchd.balancer import RetryBudget
+from orchd.edge import PublicRunner as GuardedRunner
 from orchd.errors import ConfigError, ProblemError, StoreError
 from orchd.events import EventBus
 from orchd.health import HealthChecker
-from orchd.limits import GuardedRunner
 from orchd.loader import validate_endpoint
 from orchd.log import access_logger, registry_logger, server_logger
 from orchd.metrics import Metrics

@@ -11,50 +11,39 @@ the end of each request head itself, parses it with llhttp (``httptools``), hand
 Every other request goes to aiohttp, together with its connection: at the first request this
 listener does not serve (admin API, health, metrics, dashboard, docs, a WebSocket upgrade,
 ``Expect``, anything malformed or over a size limit), the transport is given to a
-``GuardedHandler`` (``orchd.limits``) and the bytes read so far are replayed to it, so it
-answers exactly as it would have alone. The connection stays with aiohttp from then on.
+``GuardedHandler`` (``orchd.aiohttp_server``) and the bytes read so far are replayed to it, so
+it answers exactly as it would have alone. The connection stays with aiohttp from then on.
 Handing over only ever happens between requests, with the new request's first byte at the
 start of what is replayed: heads are cut at their ``CRLF CRLF`` here, and bodies with a
-``Content-Length`` are fed to llhttp to their exact end.
+``Content-Length`` are fed to llhttp to their exact end (chunked ones: ``orchd.http1``).
 
-The edge limits of ``orchd.limits`` hold on these connections too: the header and body
+The edge rules of ``orchd.edge_rules`` hold on these connections too: the header and body
 deadlines, the send timeout, the connection cap (one count for both kinds of connection), and
 the URL and header sizes (a request over them goes to aiohttp, which refuses it with 414 or
 431). Stop and restart treat them as aiohttp's: ``close()``, ``shutdown()``, and answers with
-``Connection: close`` while the daemon drains.
+``Connection: close`` while the daemon drains. ``orchd.edge`` has the map of the whole edge.
 """
-
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
-from email.utils import formatdate
-from http import HTTPStatus
-from typing import TYPE_CHECKING, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import parse_qsl, unquote
 
 import httptools
 from aiohttp import web
-from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.tcp_helpers import tcp_nodelay
 from multidict import MultiDict, MultiDictProxy
 
+from orchd import aiohttp_edge as private
+from orchd import edge_rules as rules
+from orchd.aiohttp_server import GuardedServer
 from orchd.api.middleware import problem_response
 from orchd.errors import ProblemError
-from orchd.limits import (
-    BODY_PROGRESS,
-    HOST_RE,
-    KEEPALIVE_TIMEOUT,
-    REQUEST_LINE_SLACK,
-    GuardedHandler,
-    GuardedServer,
-    body_too_slow,
-    close_lingering,
-    raw_problem,
-)
+from orchd.http1 import HEAD_END, HTTP1_LINE_ENDS, ChunkedEnd, answer_head, host_ok, split_unsafe
 from orchd.log import escape_controls, server_logger
 from orchd.model import ServerSettings
 from orchd.router import PREFIX
@@ -67,15 +56,8 @@ if TYPE_CHECKING:
 __all__ = ("FrontConnection", "FrontHeaders", "FrontRequest", "FrontServer")
 
 _PREFIX = PREFIX.encode()
-_HEAD_END = b"\r\n\r\n"
-_HTTP1 = (b" HTTP/1.1", b" HTTP/1.0")  # how the request lines this listener serves end
 _BODY_READ_LIMIT = 2**16  # a request body's buffer pauses the socket past twice this
 _PIPELINE_LIMIT = 2**16  # bytes of following requests held while an answer is produced
-_SERVER_LINE = f"Server: {SERVER_SOFTWARE}\r\n".encode()
-# Answer headers the listener looks at on their way out (by lower-case name).
-_LENGTH, _TYPE, _DATE, _SERVER, _CONNECTION = "length", "type", "date", "server", "connection"
-_WATCHED = {b"content-length": _LENGTH, b"content-type": _TYPE, b"date": _DATE,
-            b"server": _SERVER, b"connection": _CONNECTION}
 
 
 class FrontHeaders:
@@ -146,7 +128,7 @@ class FrontConnection(asyncio.Protocol):
 
     def __init__(self, server: FrontServer, limits: ServerSettings) -> None:
         self._server = server
-        self._limits = limits
+        self.limits = limits  # in force when the connection opened
         self._loop = server.loop
         self.transport: asyncio.Transport | None = None
         self._remote = ""
@@ -168,7 +150,7 @@ class FrontConnection(asyncio.Protocol):
         self._body_left = -1  # its Content-Length still to come; -1: chunked
         self._body_mark = 0
         self._body_error = ""
-        self._chunks = _ChunkedEnd()
+        self._chunks = ChunkedEnd()
         self._served = 0
         self._close = False  # end the connection after the current answer
         self._handed = False
@@ -200,8 +182,8 @@ class FrontConnection(asyncio.Protocol):
         self._remote = str(peer[0]) if peer else ""
         self._server.track(self, tr)
         self._since = self._loop.time()
-        self._clock = self._loop.call_later(self._limits.header_timeout, self._tick)
-        self._server.admit(self)
+        self._clock = self._loop.call_later(self.limits.header_timeout, self._tick)
+        self._server.cap.admit(self)
 
     def data_received(self, data: bytes) -> None:
         if self._in_body:
@@ -240,7 +222,7 @@ class FrontConnection(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._write_paused = True
         if self._send_timer is None:
-            self._send_timer = self._loop.call_later(self._limits.send_timeout,
+            self._send_timer = self._loop.call_later(self.limits.send_timeout,
                                                      self._send_expired)
 
     def resume_writing(self) -> None:
@@ -319,21 +301,20 @@ class FrontConnection(asyncio.Protocol):
                 and not buf.startswith(_PREFIX, space + 1)):
             self._hand_off()  # not a proxied request: aiohttp's
             return
-        end = buf.find(_HEAD_END)
+        end = buf.find(HEAD_END)
         if end < 0:
-            limits = self._limits
+            limits = self.limits
             line_end = buf.find(b"\n")
-            if line_end >= 0 and not buf[:line_end].rstrip(b"\r").endswith(_HTTP1):
-                self._hand_off()  # HTTP/0.9 or 2.0 (orchd.limits.request_refusal), or malformed
+            if line_end >= 0 and not buf[:line_end].rstrip(b"\r").endswith(HTTP1_LINE_ENDS):
+                self._hand_off()  # HTTP/0.9 or 2.0 (orchd.http1.request_refusal), or malformed
                 return
             if ((line_end < 0  # a request line over the URL limit: 414
-                 and len(buf) > limits.max_url_length + REQUEST_LINE_SLACK)
-                    or len(buf) > limits.max_header_size + limits.max_url_length
-                    + 2 * REQUEST_LINE_SLACK  # a header section over its limit: 431
+                 and rules.line_size_refusal(len(buf), limits) is not None)
+                    or rules.head_cannot_fit(len(buf), limits)  # over the header limit: 431
                     or b"\n\n" in buf or b"\n\r\n" in buf):  # bare line feeds
                 self._hand_off()  # aiohttp answers, as it would have alone
             return
-        end += len(_HEAD_END)
+        end += len(HEAD_END)
         request = self._parse_head(bytes(buf[:end]))
         if request is None:
             self._hand_off()
@@ -359,7 +340,7 @@ class FrontConnection(asyncio.Protocol):
                 self._hand_off()
                 return
             if self._in_body:
-                self._body_timer = self._loop.call_later(self._limits.body_timeout,
+                self._body_timer = self._loop.call_later(self.limits.body_timeout,
                                                          self._body_check)
         worker = self._worker
         if worker is None:
@@ -383,12 +364,11 @@ class FrontConnection(asyncio.Protocol):
         finally:
             self._feeding_head = False
         method, version, keep_alive = self._head_info
-        limits = self._limits
+        limits = self.limits
         raw = self._raw_headers
-        if (version not in ("1.1", "1.0") or len(raw) > limits.max_header_count
-                or len(head) > limits.max_header_size or len(self._url) > limits.max_url_length
-                or b"#" in self._url):
-            return None  # aiohttp's: it answers these (orchd.limits.request_refusal)
+        if (version not in ("1.1", "1.0") or b"#" in self._url
+                or not rules.served_head_fits(len(self._url), len(head), len(raw), limits)):
+            return None  # aiohttp's: it answers these (orchd.edge_rules)
         pairs: list[tuple[str, str]] = []
         first: dict[str, str] = {}
         length = -1
@@ -407,7 +387,7 @@ class FrontConnection(asyncio.Protocol):
                     if hosts > 1:
                         return None
                     if val != self._good_host:  # a connection keeps its Host: check it once
-                        if not HOST_RE.fullmatch(val):
+                        if not host_ok(val):
                             return None
                         self._good_host = val
                 elif low != "transfer-encoding" or val.lower() != "chunked" or version != "1.1":
@@ -431,7 +411,7 @@ class FrontConnection(asyncio.Protocol):
         else:
             request.body_exists = not self._complete
             self._body_left = -1
-            self._chunks = _ChunkedEnd()
+            self._chunks = ChunkedEnd()
         return request
 
     def _feed_body(self, data: bytes) -> bool:
@@ -582,7 +562,7 @@ class FrontConnection(asyncio.Protocol):
         if self._close:
             if self._in_body or self._buf:  # unread input
                 self._in_body = False
-                close_lingering(transport, self._loop)
+                rules.close_lingering(transport, self._loop)
             else:
                 transport.close()
             return
@@ -599,72 +579,23 @@ class FrontConnection(asyncio.Protocol):
 
     def _head(self, status: int, reason: str, headers: Headers, length: int | None,
               close: bool) -> bytes:
-        head = self._build_head(status, reason, headers, length, close, True)
-        if not head:  # a CR, LF or NUL in a header or the reason: never written
-            head = self._build_head(status, "", _safe_headers(headers), length, close, False)
-        return head
-
-    def _build_head(self, status: int, reason: str, headers: Headers, length: int | None,
-                    close: bool, check: bool) -> bytes:
-        """The answer's head; empty if ``check`` finds a header line split or holding NUL."""
+        """The answer's head (``orchd.http1.answer_head``); the connection's state follows
+        it: chunked or not, kept open or not."""
         request = self._request
         assert request is not None
         self._started = True
-        http10 = request.version == "1.0"
-        keep = (request.keep_alive and not close and not self._close and not self._in_body
-                and not self._server.state.stopping)
-        must_be_empty = status < 200 or status == 204 or status == 304
-        lines = [b"HTTP/%s %d %s\r\n" % (request.version.encode(), status,
-                                         reason.encode("latin-1", "replace")
-                                         if reason else _phrase(status))]
-        has_length = has_type = has_date = has_server = False
-        for k, v in headers:
-            watched = _WATCHED.get(k.lower())
-            if watched is not None:
-                if watched == _LENGTH:
-                    if must_be_empty and status != 304:
-                        continue
-                    has_length = True
-                elif watched == _TYPE:
-                    has_type = True
-                elif watched == _DATE:
-                    has_date = True
-                elif watched == _SERVER:
-                    has_server = True
-                else:  # Connection: the listener writes its own
-                    if b"close" in v.lower():
-                        keep = False
-                    continue
-            lines.append(b"%s: %s\r\n" % (k, v))
-        self._chunked = False
-        if not must_be_empty and request.method != "HEAD":
-            if not has_length:
-                if length is not None:
-                    lines.append(b"Content-Length: %d\r\n" % length)
-                elif http10:
-                    keep = False  # the end of the body is the end of the connection
-                else:
-                    self._chunked = True
-                    lines.append(b"Transfer-Encoding: chunked\r\n")
-            if not has_type and length != 0:
-                lines.append(b"Content-Type: application/octet-stream\r\n")
-        if not has_date:
-            lines.append(_date_line())
-        if not has_server:
-            lines.append(_SERVER_LINE)
-        if keep:
-            if http10:
-                lines.append(b"Connection: keep-alive\r\n")
-        elif not http10:
-            lines.append(b"Connection: close\r\n")
-        lines.append(b"\r\n")
-        head = b"".join(lines)
-        # One line per header and none split: three scans of the whole head (~0.5 µs for 400
-        # bytes, interpreted) rather than a check per header. Whatever produced them (a
-        # config, an upstream, a future change), CR, LF and NUL never go out.
-        n = len(lines)
-        if check and (head.count(b"\n") != n or head.count(b"\r") != n or b"\0" in head):
-            return b""
+        may_keep = (request.keep_alive and not close and not self._close and not self._in_body
+                    and not self._server.state.stopping)
+        head, chunked, keep = answer_head(request.version, request.method == "HEAD", status,
+                                          reason, headers, length, may_keep)
+        if not head:  # a CR, LF or NUL in a header or the reason: never written
+            safe, dropped = split_unsafe(headers)
+            for name in dropped:
+                server_logger.warning("dropped the answer header %s: its name or value holds "
+                                      "CR, LF or NUL", escape_controls(name.decode("latin-1")))
+            head, chunked, keep = answer_head(request.version, request.method == "HEAD",
+                                              status, "", safe, length, may_keep)
+        self._chunked = chunked
         self._close = not keep
         self._status = status
         return head
@@ -739,25 +670,18 @@ class FrontConnection(asyncio.Protocol):
         self._clock = None
         if self._lost or self._handed:
             return
-        limits = self._limits
+        limits = self.limits
         now = self._loop.time()
         if self._request is not None:
             wait = limits.header_timeout  # answering: the body and send deadlines watch it
-        elif self._in_head:
+        elif self._in_head or self._served == 0:
             wait = self._since + limits.header_timeout - now
             if wait <= 0:
-                self.refuse(408, f"the request's headers did not arrive within "
-                                 f"{limits.header_timeout:g}s")
-                return
-        elif self._served == 0:
-            wait = self._since + limits.header_timeout - now
-            if wait <= 0:
-                server_logger.debug("closing a connection from %s that sent nothing within "
-                                    "%gs", self._remote, limits.header_timeout)
-                self.force_close()
+                rules.header_deadline_passed(self, self._in_head, self._served == 0,
+                                             self._remote)
                 return
         else:
-            wait = self._since + KEEPALIVE_TIMEOUT - now
+            wait = self._since + rules.KEEPALIVE_TIMEOUT - now
             if wait <= 0:
                 self.force_close()
                 return
@@ -770,25 +694,19 @@ class FrontConnection(asyncio.Protocol):
         if request is None or not self._in_body:
             return
         payload = request.content
-        progress = payload.total_bytes - self._body_mark
-        # Not the client's fault when orchd is the one not reading (a slow upstream).
-        if progress >= BODY_PROGRESS or self._reading_paused or payload._buffer:
+        stall = rules.body_stall(payload, self._body_mark, self._reading_paused)
+        if stall < 0:
             self._body_mark = payload.total_bytes
-            self._body_timer = self._loop.call_later(self._limits.body_timeout,
+            self._body_timer = self._loop.call_later(self.limits.body_timeout,
                                                      self._body_check)
             return
-        server_logger.info("cutting a request body from %s: %d bytes in the last %gs",
-                           self._remote, progress, self._limits.body_timeout)
-        payload.set_exception(body_too_slow(progress, self._limits.body_timeout))
+        rules.cut_slow_body(payload, stall, self.limits.body_timeout, self._remote)
         self._in_body = False
         self._close = True
 
     def _send_expired(self) -> None:
         self._send_timer = None
-        server_logger.info("closing a connection from %s: it read nothing of the answer "
-                           "for %gs", self._remote, self._limits.send_timeout)
-        if self.transport is not None:
-            self.transport.abort()
+        rules.send_deadline_passed(self.transport, self.limits.send_timeout, self._remote)
 
     def _cancel_timers(self) -> None:
         for name in ("_clock", "_body_timer", "_send_timer"):
@@ -800,20 +718,14 @@ class FrontConnection(asyncio.Protocol):
     # -- what the server and the daemon's stop call (as on aiohttp's handlers)
 
     def evictable(self) -> bool:
-        """No request in progress: idle keep-alive, or still sending its header section."""
+        """See ``orchd.edge_rules.Guarded.evictable``."""
         return self._request is None
 
     def refuse(self, status: int, detail: str) -> None:
-        """Answer ``status`` with a problem document and close, outside any request."""
-        server_logger.debug("refusing a connection from %s: %d %s", self._remote, status,
-                            detail)
+        """See ``orchd.edge_rules.Guarded.refuse``."""
         self._cancel_timers()
-        transport = self.transport
         self._close = True
-        if transport is None or transport.is_closing():
-            return
-        transport.write(raw_problem(status, detail))
-        close_lingering(transport, self._loop)
+        rules.refuse(self.transport, self._loop, status, detail, self._remote)
 
     def force_close(self) -> None:
         self._close = True
@@ -841,69 +753,6 @@ class FrontConnection(asyncio.Protocol):
             self.transport.close()
 
 
-def _phrase(status: int) -> bytes:
-    try:
-        return HTTPStatus(status).phrase.encode()
-    except ValueError:
-        return b"Unknown"
-
-
-def _safe_headers(headers: Headers) -> list[tuple[bytes, bytes]]:
-    """``headers`` without those whose name or value holds CR, LF or NUL (logged)."""
-    out: list[tuple[bytes, bytes]] = []
-    for name, value in headers:
-        if any(c in part for part in (name, value) for c in (b"\r", b"\n", b"\0")):
-            server_logger.warning("dropped the answer header %s: its name or value holds CR, "
-                                  "LF or NUL", escape_controls(name.decode("latin-1")))
-            continue
-        out.append((name, value))
-    return out
-
-
-class _ChunkedEnd:
-    """Finds where a chunked body ends, so that the bytes after it (the next request) are
-    not fed to the parser with it. It follows the framing only; llhttp, fed the same bytes,
-    validates them (if the two disagreed, the parser would stop the connection)."""
-
-    __slots__ = ("left", "line", "trailer")
-
-    def __init__(self) -> None:
-        self.left = 0  # bytes of chunk data (and its CRLF) still to skip
-        self.line = b""  # a size or trailer line split across reads
-        self.trailer = False  # past the last chunk: trailer lines until an empty one
-
-    def end(self, data: bytes) -> int:
-        """The offset in ``data`` just past the body's end; -1 if it is not in ``data``."""
-        i, n = 0, len(data)
-        while i < n:
-            if self.left:
-                take = min(self.left, n - i)
-                self.left -= take
-                i += take
-                continue
-            j = data.find(b"\n", i)
-            if j < 0:
-                self.line += data[i:]
-                return -1
-            line, self.line = self.line + data[i:j], b""
-            i = j + 1
-            if self.trailer:
-                if line in (b"", b"\r"):
-                    return i
-                continue
-            try:
-                size = int(line.partition(b";")[0].strip(), 16)
-            except ValueError:
-                return -1  # malformed: the parser says so
-            if size < 0:
-                return -1
-            if size == 0:
-                self.trailer = True
-            else:
-                self.left = size + 2
-        return -1
-
-
 class _Stop(Exception):
     """Stops the parser (raised from a callback)."""
 
@@ -917,36 +766,15 @@ class FrontServer(GuardedServer):
         super().__init__(*args, **kwargs)
         self.proxy = proxy
         self.state = proxy.state
-        self.loop = self._loop
+        self.loop = private.server_options(self)[0]
         self.hook = hook  # None: no access log and no metrics
 
     def __call__(self) -> FrontConnection:  # type: ignore[override]  # not a RequestHandler
         return FrontConnection(self, self._settings())
 
-    def aiohttp_handler(self) -> GuardedHandler:
-        return super().__call__()
-
     def track(self, conn: FrontConnection, transport: asyncio.Transport) -> None:
-        self._connections[conn] = transport  # type: ignore[index]  # for stop and restart
+        private.track_connection(self, conn, transport)  # for stop and restart
 
     def release(self, conn: FrontConnection) -> None:
-        self._connections.pop(conn, None)  # type: ignore[call-overload]
-        self.forget(conn)
-
-
-class _DateLine:
-    """The ``Date`` header line, formatted once a second."""
-
-    second: ClassVar[int] = 0
-    line: ClassVar[bytes] = b""
-
-    @classmethod
-    def now(cls) -> bytes:
-        now = int(time.time())
-        if cls.second != now:
-            cls.second = now
-            cls.line = f"Date: {formatdate(now, usegmt=True)}\r\n".encode()
-        return cls.line
-
-
-_date_line = _DateLine.now
+        private.untrack_connection(self, conn)
+        self.cap.forget(conn)

@@ -1,7 +1,7 @@
 """Request lines and framing the public port does not take: same answer on both listeners.
 
 A proxied path is served by orchd's own listener (orchd/front.py) and an admin path by
-aiohttp's (orchd/limits.py); a request either of them cannot honour gets the same problem
+aiohttp's (orchd/aiohttp_server.py); a request either of them cannot honour gets the same problem
 document from both: HTTP/0.9 is 400, a major version other than 1 is 505, a fragment in the
 request target is 400, and a transfer coding other than ``chunked`` alone is 501 (RFC 9112
 section 6.1), the connection closing after it. Nothing of such a request reaches the upstream.
