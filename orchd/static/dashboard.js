@@ -227,4 +227,13 @@ function connect() {
 getJSON("/").then((info) => { $("version").textContent = `${info.service} ${info.version}`; })
   .catch(() => {});
 refresh(0);
-connect();
+// ?live=0: the current state, re-read every 5 s, without the event stream. An open stream
+// is a request that never ends: a headless browser's screenshot (--virtual-time-budget) or a
+// print waits for the page's requests, and would wait for ever.
+if (new URLSearchParams(location.search).get("live") === "0") {
+  $("live").dataset.state = "down";
+  $("live-text").textContent = "snapshot (live=0): re-read every 5 s";
+  setInterval(() => refresh(0), 5000);
+} else {
+  connect();
+}

@@ -146,3 +146,25 @@ async def test_swagger_ui_renders_the_document_offline(browser, orchd_factory):
         "return Array.from(document.querySelectorAll('.errors-wrapper'))"
         ".map(e => e.textContent)")
     assert errors == []
+
+
+def test_a_headless_screenshot_of_the_snapshot_view_finishes(orchd_factory):
+    # A headless browser takes its picture once every request of the page has ended; the
+    # event stream never ends, so ?live=0 renders the state without it.
+    import subprocess
+
+    _browser_or_skip()
+    daemon = orchd_factory(base_config({"name": "users", "url": "http://127.0.0.1:9/api"}))
+    out = Path(tempfile.mkdtemp(prefix="orchd-shot-"))
+    try:
+        shot = out / "dashboard.png"
+        proc = subprocess.run(
+            [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--disable-quic", "--no-first-run", f"--user-data-dir={out / 'profile'}",
+             "--virtual-time-budget=3000", "--window-size=1440,900", f"--screenshot={shot}",
+             f"{daemon.url}/dashboard?live=0"],
+            capture_output=True, text=True, timeout=60, check=False)
+        assert shot.exists() and shot.stat().st_size > 10_000, proc.stderr[-2000:]
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
