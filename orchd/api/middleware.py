@@ -1,4 +1,8 @@
-"""The one boundary where errors become answers, and the admin trust check on TCP."""
+"""The one boundary where errors become answers, and the admin trust check on TCP.
+
+``problem_middleware`` decides which problem an exception is (a ``ProblemError`` as it is,
+a ``ConfigError`` as 422, aiohttp's own HTTP errors, anything else as 500); the document
+itself is built by ``orchd.problems``."""
 
 from __future__ import annotations
 
@@ -12,25 +16,17 @@ from yarl import URL
 from orchd.errors import ConfigError, ProblemError
 from orchd.hops import seen_here
 from orchd.log import server_logger
+from orchd.problems import problem_response
 from orchd.router import PREFIX
-from orchd.state import STATE, stamp
+from orchd.state import STATE
 
+# problem_response lives in orchd.problems; named here too for the modules that still
+# import it from here.
 __all__ = ("admin_auth_middleware", "loop_middleware", "problem_middleware", "problem_response")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-PROBLEM_TYPE = "application/problem+json"
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
-
-
-def problem_response(exc: ProblemError, request: web.Request | None = None) -> web.Response:
-    import json
-
-    instance = request.path if request is not None else None
-    body = json.dumps(stamp(exc.body(instance)), default=str)
-    resp = web.Response(status=exc.status, text=body, content_type=PROBLEM_TYPE,
-                        headers=dict(exc.headers))
-    return resp
 
 
 def _from_http(exc: web.HTTPException) -> ProblemError:

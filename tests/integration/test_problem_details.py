@@ -1,8 +1,12 @@
-"""Gateway errors name the endpoint and the request, never the upstream behind it.
+"""Problem documents: gateway errors name the endpoint and the request, never the upstream
+behind it, and every problem answer carries the same fields, whoever sends it.
 
 A 502/503/504 from the proxy says which endpoint failed and how (its ``reason`` field), and
 gives the request id; the upstream's address and the failure's own words are in orchd's log
 only, on one line with that request id.
+
+The admin API, the proxy and both listeners' refusals answer with ``type``, ``title``,
+``status``, ``detail``, ``timestamp`` and ``timestamp_iso`` (``orchd.problems``).
 """
 
 from __future__ import annotations
@@ -11,10 +15,13 @@ import asyncio
 import contextlib
 import json
 import re
+from collections.abc import Awaitable, Callable
 from typing import Any
 
+import pytest
 from aiohttp import web
 
+from tests.integration.rawhttp import connect, exchange, wait_closed_by_peer
 from tests.support import async_wait_until, base_config, free_port
 
 PROBLEM = "application/problem+json"
@@ -108,3 +115,77 @@ async def test_gateway_errors_name_the_endpoint_not_the_upstream(orchd_factory,
     assert any(dead in line for line in logged("case-0-refused-x", "refused"))
     assert any(up.url in line for line in logged("case-3-slow-slow", "slow"))
     assert any(re.search(r"SSH|malformed", line) for line in logged("case-4-broke-x", "broke"))
+
+
+FIELDS = ("type", "title", "status", "detail", "timestamp", "timestamp_iso")
+
+
+def _assert_fields(doc: dict[str, Any], status: int) -> None:
+    missing = [name for name in FIELDS if name not in doc]
+    assert not missing, (missing, doc)
+    assert doc["status"] == status and doc["timestamp_iso"].endswith("Z"), doc
+
+
+async def test_admin_and_proxy_problems_carry_every_field(orchd_factory, http):
+    dead = f"http://127.0.0.1:{free_port()}"
+    daemon = orchd_factory(base_config(_endpoint("refused", dead)))
+    cases = [("/registry/endpoints/nope", 404), ("/health/endpoints/nope", 404),
+             ("/no/such/route", 404), ("/orchestrator/nope/x", 404),
+             ("/orchestrator/refused/x", 502)]
+    for path, status in cases:
+        async with http.get(f"{daemon.url}{path}") as r:
+            assert r.status == status, path
+            assert r.headers["Content-Type"].startswith(PROBLEM), path
+            doc = await r.json(content_type=None)
+        _assert_fields(doc, status)
+
+
+def _split(answer: bytes) -> tuple[bytes, dict[str, Any]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return head, json.loads(body)
+
+
+async def _huge_header(port: int) -> bytes:
+    answer = await exchange(port, (f"GET /orchestrator/echo/ HTTP/1.1\r\nHost: x\r\n"
+                                   f"Cookie: {'c' * 6000}\r\n\r\n").encode())
+    return answer.head + answer.body
+
+
+async def _slow_head(port: int) -> bytes:
+    reader, writer = await connect(port)
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        await writer.drain()
+        return await wait_closed_by_peer(reader, 10)
+    finally:
+        writer.close()
+
+
+async def _malformed_header(port: int) -> bytes:
+    answer = await exchange(port, b"GET /health HTTP/1.1\r\nHost: x\r\nNo colon here\r\n\r\n")
+    return answer.head + answer.body
+
+
+_PENDING_EDGE = ("the listeners' refusals are built by the edge modules, which switch to "
+                 "orchd.problems (problem_bytes, problem_response) separately")
+
+
+@pytest.mark.parametrize(("send", "status"), [
+    pytest.param(_huge_header, 431, id="431-huge-header",
+                 marks=pytest.mark.xfail(reason=_PENDING_EDGE, strict=False)),
+    pytest.param(_slow_head, 408, id="408-slow-head",
+                 marks=pytest.mark.xfail(reason=_PENDING_EDGE, strict=False)),
+    pytest.param(_malformed_header, 400, id="400-parser",
+                 marks=pytest.mark.xfail(reason=_PENDING_EDGE, strict=False)),
+])
+async def test_listener_refusals_carry_every_field(
+        orchd_factory, upstream_factory, send: Callable[[int], Awaitable[bytes]],
+        status: int) -> None:
+    up = await upstream_factory()
+    daemon = orchd_factory(base_config(_endpoint("echo", up.url),
+                                       server={"header_timeout": 0.5, "max_header_size": 4096}))
+    head, doc = _split(await send(daemon.port))
+    assert re.match(rb"HTTP/1\.[01] %d " % status, head), head
+    assert PROBLEM.encode() in head.lower(), head
+    _assert_fields(doc, status)
+    assert up.requests == []
