@@ -47,7 +47,7 @@ _IGNORED_KEYS: tuple[tuple[PathTuple, str], ...] = (
     (("circuit_breaker", "fallback_strategy"), "is ignored; use fallback_response"),
     (("endpoints", -1, "circuit_breaker", "fallback_strategy"),
      "is ignored; use fallback_response"),
-    (("metrics",), "is ignored; /metrics is always served"),
+    (("metrics",), "is ignored; /metrics is served unless server.metrics is false"),
     (("endpoints", -1, "ttl"),
      "is ignored: a ttl applies to API registrations, not to the file's endpoints"),
 )

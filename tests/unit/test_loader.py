@@ -210,7 +210,7 @@ def test_legacy_keys_accepted_with_warnings() -> None:
     assert config.warnings == (
         "endpoints[0].description (line 4): is ignored",
         "circuit_breaker.fallback_strategy (line 6): is ignored; use fallback_response",
-        "metrics (line 7): is ignored; /metrics is always served",
+        "metrics (line 7): is ignored; /metrics is served unless server.metrics is false",
     )
 
 

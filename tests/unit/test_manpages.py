@@ -38,6 +38,15 @@ def test_groff_renders_without_a_warning(page: str) -> None:
 
 
 @pytest.mark.parametrize("page", PAGES)
+def test_alternating_fonts_use_alternating_macros(page: str) -> None:
+    # `.B -c ", " --config` renders all three words bold, quotes and all ("-c , --config"):
+    # words in alternating fonts need .BR / .BI / .IR.
+    for n, line in enumerate((MAN / page).read_text().splitlines(), 1):
+        if line.startswith((".B ", ".I ")):
+            assert '", "' not in line, f"{page}:{n}: {line} (use .BR)"
+
+
+@pytest.mark.parametrize("page", PAGES)
 def test_page_header_and_sections(page: str) -> None:
     text = plain(page)
     name, section = page.rsplit(".", 1)
