@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ("ConfigError", "FieldError", "ProblemError", "StoreError", "UpstreamBroke",
-           "UpstreamConnectError")
+           "UpstreamConnectError", "endpoint_not_found")
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,3 +87,9 @@ class ProblemError(Exception):
             out["errors"] = [e.as_dict() for e in self.errors]
         out.update(self.extra)
         return out
+
+
+def endpoint_not_found(name: str, title: str = "Endpoint not found") -> ProblemError:
+    """404: no endpoint named ``name`` is registered (the admin API's routes and the change
+    path). The proxy keeps its documented title, ``Unknown endpoint``."""
+    return ProblemError(404, title, f"no endpoint named {name!r} is registered")

@@ -23,7 +23,7 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from orchd.balancer import RetryBudget, choose
-from orchd.errors import ProblemError, UpstreamBroke, UpstreamConnectError
+from orchd.errors import ProblemError, UpstreamBroke, UpstreamConnectError, endpoint_not_found
 from orchd.hops import seen_here, via_after
 from orchd.inflight import InFlight
 from orchd.log import proxy_logger
@@ -232,8 +232,7 @@ class Proxy:
         resolved = snapshot.resolve(path[len(PREFIX):])
         if resolved is None:
             name = path[len(PREFIX):].split("/", 1)[0]
-            raise ProblemError(404, "Unknown endpoint",
-                               f"no endpoint named {name!r} is registered")
+            raise endpoint_not_found(name, "Unknown endpoint")
         route, segments = resolved
         request["endpoint"] = route.name
         ep_headers = {"X-Endpoint-ID": route.name}

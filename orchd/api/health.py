@@ -9,7 +9,7 @@ from aiohttp import web
 
 from orchd.api.common import get_state, stamped
 from orchd.balancer import in_panic
-from orchd.errors import ProblemError
+from orchd.errors import ProblemError, endpoint_not_found
 from orchd.router import Route
 from orchd.state import GatewayState, iso
 from orchd.target import HEALTHY, UNHEALTHY, UNKNOWN
@@ -22,7 +22,7 @@ routes = web.RouteTableDef()
 def _route(state: GatewayState, name: str) -> Route:
     route = state.registry.snapshot.routes.get(name)
     if route is None:
-        raise ProblemError(404, "Endpoint not found", f"no endpoint named {name!r} is registered")
+        raise endpoint_not_found(name)
     return route
 
 

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from orchd.api.common import get_state, read_json, stamped, submit
-from orchd.errors import ConfigError, FieldError, ProblemError
+from orchd.errors import ConfigError, FieldError, ProblemError, endpoint_not_found
 from orchd.loader import validate_registration
 from orchd.router import Route
 from orchd.target import ACTIVE, DRAINING
@@ -25,7 +25,7 @@ def _route(request: web.Request) -> Route:
     name = request.match_info["id"]
     route = get_state(request).registry.snapshot.routes.get(name)
     if route is None:
-        raise ProblemError(404, "Endpoint not found", f"no endpoint named {name!r} is registered")
+        raise endpoint_not_found(name)
     return route
 
 
