@@ -90,15 +90,43 @@ def _reload_line(last: Mapping[str, Any] | None) -> str:
             f"(trigger {_s(last.get('trigger'))})")
 
 
+def counted(n: Any, word: str) -> str:
+    """``1 endpoint``, ``2 endpoints``, ``- endpoints`` (unknown)."""
+    return f"{_s(n)} {word}" if n == 1 else f"{_s(n)} {word}s"
+
+
+def _health_counts(endpoints: list[Mapping[str, Any]]) -> tuple[int, int, int]:
+    """Endpoints that pass their checks, fail them, and have not been checked yet (every
+    target ``unknown``): a target never probed routes like a healthy one, but it is not
+    known to be healthy, and the header says so."""
+    healthy = unhealthy = unchecked = 0
+    for ep in endpoints:
+        health = [t.get("health") for t in ep.get("targets") or []]
+        if ep.get("status") == "unhealthy" or (health and "healthy" not in health
+                                                and "unhealthy" in health):
+            unhealthy += 1
+        elif "healthy" in health:
+            healthy += 1
+        else:
+            unchecked += 1
+    return healthy, unhealthy, unchecked
+
+
 def status_view(status: Mapping[str, Any], endpoints: Mapping[str, Any]) -> View:
     """``GET /health/status`` and ``GET /health/endpoints`` -> one row per target."""
     summary = status.get("summary") or {}
     breakers = status.get("circuit_breaker_summary") or {}
-    head = (f"orchd: {_s(status.get('system_status'))}, "
-            f"{_s(summary.get('total_endpoints'))} endpoints "
-            f"({_s(summary.get('healthy_endpoints'))} healthy, "
-            f"{_s(summary.get('unhealthy_endpoints'))} unhealthy), "
-            f"{_s(breakers.get('open_breakers'))} breakers open")
+    listed = list(endpoints.get("endpoints") or [])
+    if listed:
+        healthy, unhealthy, unchecked = _health_counts(listed)
+        health = f"{healthy} healthy, {unhealthy} unhealthy, {unchecked} not checked"
+        total: Any = len(listed)
+    else:
+        health = (f"{_s(summary.get('healthy_endpoints'))} healthy, "
+                  f"{_s(summary.get('unhealthy_endpoints'))} unhealthy")
+        total = summary.get("total_endpoints")
+    head = (f"orchd: {_s(status.get('system_status'))}, {counted(total, 'endpoint')} "
+            f"({health}), {counted(breakers.get('open_breakers'), 'breaker')} open")
     rows: list[tuple[str, ...]] = []
     for ep in endpoints.get("endpoints") or []:
         targets = ep.get("targets") or [{}]

@@ -131,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for warning in config.warnings:
             print(f"orchd: warning: {path}: {warning}", file=sys.stderr)
         print(f"orchd: configuration {path or '(defaults)'} is valid "
-              f"({len(config.endpoints)} endpoints)")
+              f"({len(config.endpoints)} endpoint{'' if len(config.endpoints) == 1 else 's'})")
         return EXIT_OK
     try:
         configure_logging(config.log_level, config.server.log_format, config.server.log_file,

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from orchctl.render import View, reload_view
+from orchctl.render import View, counted, reload_view
 from orchctl.session import CommandFailed, session_of
 
 __all__ = ("app", "register")
@@ -53,7 +53,7 @@ def check(
     answer: dict[str, Any] = {
         "valid": True, "config_path": path, "endpoints_count": len(config.endpoints),
         "endpoints": [e.name for e in config.endpoints], "warnings": list(config.warnings)}
-    lines = [f"{path} is valid ({len(config.endpoints)} endpoints)"]
+    lines = [f"{path} is valid ({counted(len(config.endpoints), 'endpoint')})"]
     lines += [f"warning: {w}" for w in config.warnings]
     session.emit(answer, View(tuple(lines)))
 

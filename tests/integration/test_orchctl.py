@@ -297,7 +297,7 @@ def test_config_check_offline(cli: Cli, tmp_path: Path) -> None:
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(base_config(ECHO)))
     out = ok(cli("config", "check", str(good), sock=tmp_path / "no.sock")).stdout
-    assert "is valid (1 endpoints)" in out
+    assert "is valid (1 endpoint)" in out
     assert as_json(ok(cli("--json", "config", "check", str(good))))["valid"] is True
     ok(cli("config", "check", env={"CONFIG_PATH": str(good)}))
 

@@ -46,7 +46,8 @@ def test_plain_grid_is_aligned_and_rich_has_the_same_cells() -> None:
     ]}]}
     view = status_view(status, endpoints)
     lines = to_plain(view).splitlines()
-    assert lines[0] == "orchd: degraded, 1 endpoints (0 healthy, 1 unhealthy), 1 breakers open"
+    assert lines[0] == ("orchd: degraded, 1 endpoint (0 healthy, 1 unhealthy, 0 not checked), "
+                        "1 breaker open")
     assert lines[1] == "last reload: failed: bad file at 1970-01-01 00:00:00Z (trigger SIGHUP)"
     header, row = lines[2], lines[3]
     assert row.split() == ["svc", "unhealthy", "http://10.0.0.1:80", "draining", "unhealthy",
@@ -57,6 +58,22 @@ def test_plain_grid_is_aligned_and_rich_has_the_same_cells() -> None:
     text = console.export_text(clear=False)
     assert "forced_open" in text and "http://10.0.0.1:80" in text
     assert "\x1b[" in console.export_text(styles=True)
+
+
+def test_status_header_does_not_count_unchecked_targets_as_healthy() -> None:
+    status = {"system_status": "healthy", "summary": {"total_endpoints": 3,
+              "healthy_endpoints": 3, "unhealthy_endpoints": 0},
+              "circuit_breaker_summary": {"open_breakers": 0}}
+    endpoints = {"endpoints": [
+        {"endpoint_id": "new", "status": "active", "targets": [{"health": "unknown"}]},
+        {"endpoint_id": "ok", "status": "active",
+         "targets": [{"health": "healthy"}, {"health": "unknown"}]},
+        {"endpoint_id": "bad", "status": "active",
+         "targets": [{"health": "unhealthy"}, {"health": "unknown"}]},
+    ]}
+    head = to_plain(status_view(status, endpoints)).splitlines()[0]
+    assert head == ("orchd: healthy, 3 endpoints (1 healthy, 1 unhealthy, 1 not checked), "
+                    "0 breakers open")
 
 
 def test_empty_views() -> None:
