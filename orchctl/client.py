@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import errno
 import json
+import os
+import stat
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -66,9 +68,19 @@ class Event:
     id: str | None = None
 
 
-def _reason(exc: BaseException) -> str:
+def _reason(exc: BaseException, socket_path: str) -> str:
     os_error = getattr(exc, "os_error", None)
     code = getattr(os_error, "errno", None)
+    if code == errno.ECONNREFUSED:
+        # Linux refuses a connection to any file that is not a listening socket.
+        try:
+            mode = os.stat(socket_path).st_mode
+        except OSError:
+            mode = stat.S_IFSOCK
+        if not stat.S_ISSOCK(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a regular file" \
+                if stat.S_ISREG(mode) else "some other file"
+            return f"not a socket ({kind})"
     if code in _REASONS:
         return _REASONS[code]
     return getattr(os_error, "strerror", None) or str(exc) or type(exc).__name__
@@ -138,7 +150,7 @@ class ControlClient:
                 text = await resp.text()
                 status = resp.status
         except aiohttp.ClientConnectorError as exc:
-            raise Unreachable(self.socket_path, _reason(exc)) from None
+            raise Unreachable(self.socket_path, _reason(exc, self.socket_path)) from None
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise Unreachable(self.socket_path,
                               f"the connection failed: {exc or type(exc).__name__}") from None
@@ -170,6 +182,6 @@ class ControlClient:
                 async for event in iter_sse(resp.content):
                     yield event
         except aiohttp.ClientConnectorError as exc:
-            raise Unreachable(self.socket_path, _reason(exc)) from None
+            raise Unreachable(self.socket_path, _reason(exc, self.socket_path)) from None
         except aiohttp.ClientPayloadError:
             return

@@ -117,6 +117,14 @@ def test_stale_socket_exits_3_connection_refused(cli: Cli) -> None:
     assert "no such socket" not in proc.stderr
 
 
+def test_a_path_that_is_not_a_socket_is_named_so(cli: Cli) -> None:
+    for path in (Path("/etc/passwd"), short_tmpdir()):
+        proc = cli("status", sock=path)
+        assert proc.returncode == 3
+        assert f"{path}: not a socket" in proc.stderr, proc.stderr
+        assert "stale" not in proc.stderr
+
+
 def test_socket_from_environment(cli: Cli, daemon: Orchd) -> None:
     proc = ok(cli("--json", "status", env={"ORCHCTL_SOCKET": str(daemon.socket)}))
     assert as_json(proc)["system_status"] in ("healthy", "degraded", "unhealthy")
