@@ -9,8 +9,8 @@ DESTDIR ?=
 .PHONY: run test lint check-config install bench bench-deps bench-reload bench-propagation bench-health soak clean sysdeps bench-metrics
 
 # The request path is compiled with mypyc (setup.py): a change to it reinstalls.
-COMPILED := $(addprefix orchd/,front.py proxy.py upstream.py traffic.py log.py router.py \
-              balancer.py breaker.py target.py inflight.py)
+COMPILED := $(addprefix orchd/,front.py http1.py edge_rules.py proxy.py upstream.py traffic.py \
+              log.py router.py balancer.py breaker.py target.py inflight.py)
 
 $(STAMP): pyproject.toml setup.py $(COMPILED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

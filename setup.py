@@ -13,9 +13,9 @@ import os
 
 from setuptools import setup
 
-COMPILED = ["orchd/front.py", "orchd/proxy.py", "orchd/upstream.py", "orchd/traffic.py",
-            "orchd/log.py", "orchd/router.py", "orchd/balancer.py", "orchd/breaker.py",
-            "orchd/target.py", "orchd/inflight.py"]
+COMPILED = ["orchd/front.py", "orchd/http1.py", "orchd/edge_rules.py", "orchd/proxy.py",
+            "orchd/upstream.py", "orchd/traffic.py", "orchd/log.py", "orchd/router.py",
+            "orchd/balancer.py", "orchd/breaker.py", "orchd/target.py", "orchd/inflight.py"]
 
 
 def _extensions() -> list:
