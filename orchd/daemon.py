@@ -31,6 +31,7 @@ from aiohttp import web
 from orchd import __version__, handover, systemd
 from orchd.accesslog import access_logger_class
 from orchd.api import build_control_app, build_public_app
+from orchd.api.common import CHANGES
 from orchd.api.control import RESTART
 from orchd.balancer import RetryBudget
 from orchd.edge import PublicRunner as GuardedRunner
@@ -117,11 +118,12 @@ class Daemon:
 
     async def run(self) -> int:
         state = await self._build()
+        changes = ChangeConsumer(state)  # the one writer of the state
         try:
-            await self._serve(state)
+            await self._serve(state, changes)
             await self.stop_event.wait()
         finally:
-            await self._shutdown(state)
+            await self._shutdown(state, changes)
         return 0
 
     # -- build
@@ -139,6 +141,7 @@ class Daemon:
         state = GatewayState(boot=self.boot, boot_file=config.server, config=config,
                              config_path=self.config_path, bus=bus, pool=pool,
                              registry=registry, store=store,
+                             health=HealthChecker(config.health_check, bus),
                              own_addresses=((self.boot.host, self.boot.port),))
         registry.set_config_endpoints(config.endpoints, config.circuit_breaker)
         for name, record in stored.endpoints.items():
@@ -164,9 +167,6 @@ class Daemon:
         state.last_reload.trigger = "start"
         state.last_reload.last_success_at = state.started_at
         state.last_reload.count = 1
-        state.changes = ChangeConsumer(state)
-        state.health = HealthChecker(lambda: state.config.health_check, bus,
-                                     check_address=state.upstream_address_allowed)
         for warning in config.warnings:
             server_logger.warning("%s: %s", self.config_path, warning)
         if not config.server.admin_token:
@@ -174,14 +174,13 @@ class Daemon:
                                   "accepted from loopback clients only")
         return state
 
-    async def _serve(self, state: GatewayState) -> None:
-        assert state.changes is not None and state.health is not None
+    async def _serve(self, state: GatewayState, changes: ChangeConsumer) -> None:
         loop = asyncio.get_running_loop()
-        await state.health.start()
+        await state.health.start(check_address=state.upstream_address_allowed)
         state.registry.on_swap.append(state.health.sync)
         state.health.sync(state.registry.snapshot)
-        state.changes.start()
-        self._store_task = asyncio.create_task(self._follow_store(state),
+        changes.start()
+        self._store_task = asyncio.create_task(self._follow_store(state.store, changes),
                                                name="orchd-store-watch")
 
         # WebSocket upgrades: the upstream pool's connect-time check, through the resolver.
@@ -201,7 +200,9 @@ class Daemon:
         metrics = Metrics(state) if server.metrics else None
         public = build_public_app(state, proxy, metrics)
         control = build_control_app(state, self.stop_event, metrics)
-        self._restarter = handover.Restarter(state, self._listening_fds, self._hand_over)
+        public[CHANGES] = control[CHANGES] = changes
+        self._restarter = handover.Restarter(state, changes, self._listening_fds,
+                                             self._hand_over)
         control[RESTART] = self._restarter.restart
         shutdown = server.shutdown_timeout
         # One hook per finished request: the access log line and the request metrics.
@@ -261,12 +262,12 @@ class Daemon:
         if self.config_path:
             try:
                 digest, from_file = read_config(self.config_path)
-                state.changes.file_digest = digest
+                changes.file_digest = digest
                 if isinstance(from_file, Config):  # the file's own restart-only keys
-                    state.changes.file_server = from_file.server
+                    changes.file_server = from_file.server
                     if from_file.log_level != state.config.log_level:
-                        state.changes.log_level_override = state.config.log_level
-                watcher = ConfigWatcher(self.config_path, state.changes)
+                        changes.log_level_override = state.config.log_level
+                watcher = ConfigWatcher(self.config_path, changes)
                 watcher.start()
                 self._watcher = watcher
                 state.watching = True
@@ -275,12 +276,11 @@ class Daemon:
 
         loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
-        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal)
+        loop.add_signal_handler(signal.SIGHUP, self._on_reload_signal, changes)
         loop.add_signal_handler(signal.SIGUSR1, self._on_reopen_signal)
         loop.add_signal_handler(signal.SIGUSR2, self._on_restart_signal)
         state.started = True
         state.ready = True
-        self.state = state
         # What exists now (modules, schema, app) lives as long as the process: the cyclic
         # collector need not scan it again; and it runs less often (each request allocates
         # a few dozen short-lived objects, nearly none of them in cycles).
@@ -318,11 +318,10 @@ class Daemon:
         self._socket_path = path
         server_logger.info("control socket %s", path)
 
-    async def _follow_store(self, state: GatewayState) -> None:
+    async def _follow_store(self, store: Store, changes: ChangeConsumer) -> None:
         """Changes made elsewhere (other instances, expiries) go through the one consumer."""
-        assert state.changes is not None
-        async for event in state.store.watch():
-            state.changes.submit_nowait(SyncFromStore(event))
+        async for event in store.watch():
+            changes.submit_nowait(SyncFromStore(event))
 
     # -- signals only set a flag or enqueue
 
@@ -333,14 +332,12 @@ class Daemon:
             server_logger.warning("second stop signal: cutting the requests still in flight")
             self._force.set()
 
-    def _on_reload_signal(self) -> None:
-        self._spawn(self._reload_from_signal(), "orchd-sighup")
+    def _on_reload_signal(self, changes: ChangeConsumer) -> None:
+        self._spawn(self._reload_from_signal(changes), "orchd-sighup")
 
-    async def _reload_from_signal(self) -> None:
+    async def _reload_from_signal(self, changes: ChangeConsumer) -> None:
         """RELOADING=1, the reload through the change consumer, then READY=1 once it is
         applied (or refused): what systemd's Type=notify(-reload) waits for."""
-        changes = self.state.changes
-        assert changes is not None
         systemd.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}")
         try:
             result = await changes.submit(Reload("SIGHUP"))
@@ -387,7 +384,7 @@ class Daemon:
 
     # -- stop
 
-    async def _shutdown(self, state: GatewayState) -> None:
+    async def _shutdown(self, state: GatewayState, changes: ChangeConsumer) -> None:
         state.stopping = True
         state.ready = False
         timeout = state.config.server.shutdown_timeout
@@ -415,10 +412,8 @@ class Daemon:
         if self._socket_path is not None and self._handed_over is None:
             with contextlib.suppress(FileNotFoundError):
                 self._socket_path.unlink()
-        if state.changes is not None:
-            await state.changes.stop()
-        if state.health is not None:
-            await state.health.close()
+        await changes.stop()
+        await state.health.close()
         session = getattr(self, "_session", None)
         if session is not None:
             await session.close()

@@ -74,7 +74,7 @@ from orchd.errors import ConfigError, ProblemError
 from orchd.log import server_logger
 from orchd.state import GatewayState
 from orchd.target import HEALTHY, UNHEALTHY, UNKNOWN, Target, TargetPool
-from orchd.watcher import read_config
+from orchd.watcher import ChangeConsumer, read_config
 
 __all__ = ("ENV_FDS", "ENV_HEALTH", "ENV_NOTIFY", "READY_TIMEOUT", "Inherited", "Restarter",
            "adopted", "carried_health", "health_file", "listening_fds")
@@ -245,10 +245,12 @@ def adopted(environ: MutableMapping[str, str] | None = None) -> None:
 class Restarter:
     """Start a successor, hand it the listeners, and tell the daemon to drain and exit."""
 
-    def __init__(self, state: GatewayState, sockets: Callable[[], Mapping[str, Iterable[int]]],
+    def __init__(self, state: GatewayState, changes: ChangeConsumer,
+                 sockets: Callable[[], Mapping[str, Iterable[int]]],
                  handed_over: Callable[[int], None], ready_timeout: float = READY_TIMEOUT
                  ) -> None:
         self.state = state
+        self.changes = changes  # frozen while the successor starts
         self.sockets = sockets
         self.handed_over = handed_over
         self.ready_timeout = ready_timeout
@@ -275,9 +277,7 @@ class Restarter:
         return result
 
     async def _restart(self) -> dict[str, Any]:
-        state = self.state
-        changes = state.changes
-        assert changes is not None
+        state, changes = self.state, self.changes
         if state.config_path is not None:
             _, loaded = await asyncio.to_thread(read_config, state.config_path)
             if isinstance(loaded, ConfigError):

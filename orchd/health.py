@@ -44,16 +44,13 @@ ProbeKey = tuple[str, HealthSettings]
 
 
 class HealthChecker:
-    def __init__(
-        self,
-        settings: Callable[[], HealthSettings],
-        bus: EventBus,
-        concurrency: int = 64,
-        check_address: Callable[[str, int], str | None] | None = None,
-    ) -> None:
-        self._settings = settings
+    """Probe tasks for the targets of the current snapshot, run with ``settings`` (the
+    configuration's ``health_check`` block: given at start, and to ``configure`` on each
+    reload)."""
+
+    def __init__(self, settings: HealthSettings, bus: EventBus, concurrency: int = 64) -> None:
+        self.settings = settings
         self._bus = bus
-        self._check_address = check_address  # server.allowed_upstreams at connect time
         self._sem = asyncio.Semaphore(concurrency)
         self._tasks: dict[Target, tuple[ProbeKey, asyncio.Task[None]]] = {}
         self._session: aiohttp.ClientSession | None = None
@@ -62,9 +59,11 @@ class HealthChecker:
         self.probes = 0
         self.loop_lag = LoopLag()
 
-    async def start(self) -> None:
-        resolver = (CheckedResolver(self._check_address)
-                    if self._check_address is not None else None)
+    async def start(self, check_address: Callable[[str, int], str | None] | None = None
+                    ) -> None:
+        """Open the probes' client session; ``check_address`` is ``server.allowed_upstreams``
+        at connect time (None: any address)."""
+        resolver = CheckedResolver(check_address) if check_address is not None else None
         connector = aiohttp.TCPConnector(limit=0, enable_cleanup_closed=True, resolver=resolver)
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
@@ -93,6 +92,11 @@ class HealthChecker:
         return {"probes": self.probes, "probing_targets": len(self._tasks),
                 "event_loop_lag": self.loop_lag.as_dict()}
 
+    def configure(self, settings: HealthSettings) -> None:
+        """A reload's ``health_check`` block: probe tasks whose settings changed restart at
+        the next ``sync`` (the reload's snapshot swap has already scheduled one)."""
+        self.settings = settings
+
     def sync(self, snapshot: RoutingTable) -> None:
         """Match the probe tasks to a new snapshot's targets, once the current change is done.
 
@@ -112,7 +116,7 @@ class HealthChecker:
 
     def sync_now(self, snapshot: RoutingTable) -> None:
         """Start, keep or cancel probe tasks to match the snapshot's targets."""
-        settings = self._settings()
+        settings = self.settings
         wanted: dict[Target, ProbeKey] = {}
         if settings.enabled:
             for route in snapshot.routes.values():
@@ -150,7 +154,7 @@ class HealthChecker:
 
     async def check_route(self, route: Route) -> list[dict[str, Any]]:
         """Probe every target of a route now (``POST /health/check/{id}``)."""
-        settings = self._settings()
+        settings = self.settings
         urls = [probe_url(t, route.spec.health_check_path) for t in route.targets]
         await asyncio.gather(*(self.probe(t, u, settings)
                                for t, u in zip(route.targets, urls, strict=True)))

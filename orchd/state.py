@@ -19,7 +19,6 @@ from orchd.upstream_policy import UpstreamPolicy, policy_for
 if TYPE_CHECKING:
     from orchd.health import HealthChecker
     from orchd.store import Store
-    from orchd.watcher import ChangeConsumer
 
 __all__ = ("STATE", "GatewayState", "ReloadStatus", "iso", "stamp")
 
@@ -77,8 +76,7 @@ class GatewayState:
     pool: TargetPool
     registry: Registry
     store: Store
-    changes: ChangeConsumer | None = None
-    health: HealthChecker | None = None
+    health: HealthChecker
     started_at: float = field(default_factory=time.time)
     started: bool = False
     ready: bool = False

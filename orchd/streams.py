@@ -25,16 +25,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from orchd.errors import ProblemError
 from orchd.log import server_logger
 from orchd.model import ServerSettings
 
-if TYPE_CHECKING:
-    from orchd.state import GatewayState
-
-__all__ = ("KINDS", "RETRY_AFTER", "StreamCaps", "StreamSlot", "stream_caps", "total_cap")
+__all__ = ("KINDS", "RETRY_AFTER", "StreamCaps", "StreamSlot", "total_cap")
 
 KINDS = ("events", "websocket")  # counted from the start, so a gauge shows both at 0
 RETRY_AFTER = 5  # seconds: streams end when their clients leave, at no predictable time
@@ -131,7 +128,3 @@ class StreamCaps:
                 "cap": total_cap(limits), "per_client_cap": limits.max_streams_per_client,
                 "refused": dict(self.refused)}
 
-
-def stream_caps(state: GatewayState) -> StreamCaps:
-    """The instance's ``StreamCaps``, shared by ``/events`` and the WebSocket proxy."""
-    return state.streams

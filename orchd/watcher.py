@@ -13,7 +13,6 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -104,7 +103,6 @@ class ChangeConsumer:
         self.state = state
         self._queue: asyncio.Queue[tuple[Change, asyncio.Future[Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self.on_config: list[Callable[[], Awaitable[None] | None]] = []
         self.file_digest: str | None = None  # of the config file as the last reload read it
         self.file_server: ServerSettings | None = None  # its server block, for restart keys
         self.frozen: str | None = None  # why changes are refused for now (a restart)
@@ -429,11 +427,8 @@ class ChangeConsumer:
             config = replace(config, log_level=self.log_level_override)
         diff = state.registry.set_config_endpoints(config.endpoints, config.circuit_breaker)
         state.config = config
+        state.health.configure(config.health_check)
         logging.getLogger("orchd").setLevel(config.log_level)
-        for hook in self.on_config:
-            res = hook()
-            if res is not None:
-                await res
         status.ok = True
         status.error = None
         status.errors = []

@@ -1,4 +1,5 @@
-"""What every route family shares: the state, JSON answers, and reading a JSON body."""
+"""What every route family shares: the state, the change consumer, JSON answers, and
+reading a JSON body."""
 
 from __future__ import annotations
 
@@ -9,12 +10,16 @@ from aiohttp import web
 
 from orchd.errors import ProblemError
 from orchd.state import STATE, GatewayState, stamp
-from orchd.watcher import Change
+from orchd.watcher import Change, ChangeConsumer
 
-__all__ = ("get_state", "json_answer", "read_body", "read_json", "stamped", "submit")
+__all__ = ("CHANGES", "get_state", "json_answer", "read_body", "read_json", "stamped", "submit")
 
 MAX_JSON_BODY = 1024 * 1024
 MAX_JSON_DEPTH = 64  # nesting levels of arrays and objects in an admin body
+
+# The change consumer writes the state (``STATE``), so it is built after it and given to the
+# applications under a key of its own.
+CHANGES: web.AppKey[ChangeConsumer] = web.AppKey("changes", ChangeConsumer)
 
 
 def get_state(request: web.Request) -> GatewayState:
@@ -23,9 +28,7 @@ def get_state(request: web.Request) -> GatewayState:
 
 async def submit(request: web.Request, change: Change) -> Any:
     """Hand a change to the one change consumer and wait for its result (or its problem)."""
-    changes = get_state(request).changes
-    assert changes is not None, "the change consumer is built before the apps serve"
-    return await changes.submit(change)
+    return await request.app[CHANGES].submit(change)
 
 
 def _dumps(data: Any) -> str:

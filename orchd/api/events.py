@@ -27,7 +27,7 @@ from orchd.api.common import get_state
 from orchd.api.control import STOP_EVENT
 from orchd.log import server_logger
 from orchd.state import STATE
-from orchd.streams import StreamSlot, stream_caps
+from orchd.streams import StreamSlot
 
 __all__ = ("HEARTBEAT", "WRITE_TIMEOUT", "close_streams", "routes")
 
@@ -59,7 +59,7 @@ async def events(request: web.Request) -> web.StreamResponse:
     state = get_state(request)
     slot: StreamSlot | contextlib.nullcontext[None] = contextlib.nullcontext()
     if not _on_control_socket(request):
-        slot = stream_caps(state).acquire(request.remote or "", "events")
+        slot = state.streams.acquire(request.remote or "", "events")
     with slot:
         return await _stream(request)
 

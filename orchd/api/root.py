@@ -55,8 +55,7 @@ async def health(request: web.Request) -> web.Response:
         "registry": {**state.registry.stats(), "store": state.store.name,
                      "store_status": "degraded" if state.store_degraded else "ok",
                      "revision": state.registry.revision},
-        "health_monitoring": {**hc.as_dict(),
-                              **(state.health.monitoring() if state.health else {"probes": 0})},
+        "health_monitoring": {**hc.as_dict(), **state.health.monitoring()},
     }
     return stamped(body, 200 if started else 503)
 

@@ -18,6 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from orchd.accesslog import access_logger_class
 from orchd.cli import JsonFormatter, RedactingFilter
 from orchd.events import EventBus
+from orchd.health import HealthChecker
 from orchd.metrics import Metrics
 from orchd.model import Config, EndpointSpec, ServerSettings
 from orchd.registry import Registry
@@ -34,9 +35,11 @@ def make_metrics(tmp_path: Path) -> Metrics:
     registry = Registry(pool, bus)
     spec = EndpointSpec.from_dict({"name": "svc", "url": "http://127.0.0.1:9/api"})
     registry.set_config_endpoints((spec,), registry.breaker_defaults)
-    state = GatewayState(boot=ServerSettings(), boot_file=ServerSettings(), config=Config(),
+    config = Config()
+    state = GatewayState(boot=ServerSettings(), boot_file=ServerSettings(), config=config,
                          config_path=None, bus=bus, pool=pool, registry=registry,
-                         store=FileStore(tmp_path))
+                         store=FileStore(tmp_path),
+                         health=HealthChecker(config.health_check, bus))
     return Metrics(state)
 
 
