@@ -34,6 +34,7 @@ from orchd.api import build_control_app, build_public_app
 from orchd.api.common import CHANGES
 from orchd.api.control import RESTART
 from orchd.balancer import RetryBudget
+from orchd.changes import ChangeConsumer, Reload, SyncFromStore, read_config
 from orchd.edge import PublicRunner as GuardedRunner
 from orchd.errors import ConfigError, ProblemError, StoreError
 from orchd.events import EventBus
@@ -51,7 +52,6 @@ from orchd.store import Store
 from orchd.store.file import FileStore
 from orchd.target import TargetPool
 from orchd.traffic import ACCESS_LINES, RequestHook
-from orchd.watcher import ChangeConsumer, Reload, SyncFromStore, read_config
 
 __all__ = ("Daemon", "StartupError")
 
@@ -262,7 +262,7 @@ class Daemon:
         if self.config_path:
             try:
                 digest, from_file = read_config(self.config_path)
-                changes.file_digest = digest
+                changes.last_read_digest = digest
                 if isinstance(from_file, Config):  # the file's own restart-only keys
                     changes.file_server = from_file.server
                     if from_file.log_level != state.config.log_level:

@@ -70,11 +70,11 @@ from typing import Any
 from aiohttp import web
 
 from orchd import systemd
+from orchd.changes import ChangeConsumer, read_config
 from orchd.errors import ConfigError, ProblemError
 from orchd.log import server_logger
 from orchd.state import GatewayState
 from orchd.target import HEALTHY, UNHEALTHY, UNKNOWN, Target, TargetPool
-from orchd.watcher import ChangeConsumer, read_config
 
 __all__ = ("ENV_FDS", "ENV_HEALTH", "ENV_NOTIFY", "READY_TIMEOUT", "Inherited", "Restarter",
            "adopted", "carried_health", "health_file", "listening_fds")

@@ -1,7 +1,7 @@
 """The registry: what endpoints exist (from the file and from the API), what operators set,
 and the current routing snapshot built from them.
 
-Only the change consumer (``orchd.watcher``) calls the mutating methods; each call ends in
+Only the change consumer (``orchd.changes``) calls the mutating methods; each call ends in
 ``_swap``, which builds a new ``RoutingTable`` off to the side and installs it in one
 assignment. Readers take ``registry.snapshot`` once per request.
 """

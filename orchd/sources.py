@@ -13,7 +13,7 @@ change (the old target directory of a ``..data`` swap is deleted).
 
 Events for other files in the directory (a log file next to the config, say) are dropped on
 watchdog's thread. A reload is queued only when the file's content differs from what the last
-reload read (any trigger's reload updates ``ChangeConsumer.file_digest``): touching the file
+reload read (any trigger's reload updates ``ChangeConsumer.last_read_digest``): touching the file
 is a no-op.
 """
 
@@ -28,8 +28,8 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 from watchdog.observers.api import ObservedWatch
 
+from orchd.changes import ChangeConsumer, Reload, file_digest
 from orchd.log import config_logger
-from orchd.watcher import ChangeConsumer, Reload, file_digest
 
 __all__ = ("ConfigWatcher",)
 
@@ -65,8 +65,8 @@ class ConfigWatcher:
         self._timer: asyncio.TimerHandle | None = None
         self._first_event: float | None = None
         self._names = self._relevant_names()
-        if changes.file_digest is None:
-            changes.file_digest = file_digest(self.path)
+        if changes.last_read_digest is None:
+            changes.last_read_digest = file_digest(self.path)
 
     def start(self) -> None:
         """Start watching; raises OSError when the directory cannot be watched."""
@@ -150,7 +150,7 @@ class ConfigWatcher:
         digest = file_digest(self.path)
         if digest is None:
             return  # the file is missing for a moment (a swap in progress): wait for more
-        if digest == self.changes.file_digest:
+        if digest == self.changes.last_read_digest:
             return
         config_logger.info("%s changed on disk: reloading", self.path)
         self.changes.submit_nowait(Reload("file"))

@@ -8,9 +8,9 @@ from typing import Any
 
 from aiohttp import web
 
+from orchd.changes import Change, ChangeConsumer
 from orchd.errors import ProblemError
 from orchd.state import STATE, GatewayState, stamp
-from orchd.watcher import Change, ChangeConsumer
 
 __all__ = ("CHANGES", "get_state", "json_answer", "read_body", "read_json", "stamped", "submit")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from orchd.api.common import get_state, json_answer, read_body, stamped, submit
+from orchd.changes import Reload
 from orchd.errors import ConfigError, ProblemError
 from orchd.loader import parse_config
 from orchd.router import PREFIX, PathError, map_path
-from orchd.watcher import Reload
 
 __all__ = ("routes",)
 

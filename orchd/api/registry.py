@@ -7,11 +7,12 @@ from typing import Any
 from aiohttp import web
 
 from orchd.api.common import get_state, read_json, stamped, submit
+from orchd.changes import Heartbeat, Register, Remove, Replace, SetStatus
+from orchd.changes import SetTargetState as Drain
 from orchd.errors import ConfigError, FieldError, ProblemError, endpoint_not_found
 from orchd.loader import validate_registration
 from orchd.router import Route
 from orchd.target import ACTIVE, DRAINING
-from orchd.watcher import Drain, Heartbeat, Register, Remove, Replace, SetStatus
 
 __all__ = ("routes",)
 

@@ -27,13 +27,13 @@ from orchd.target import ACTIVE, ADMIN_STATES, DRAINING
 
 __all__ = (
     "ChangeConsumer",
-    "Drain",
     "Heartbeat",
     "Register",
     "Reload",
     "Remove",
     "Replace",
     "SetStatus",
+    "SetTargetState",
     "SyncFromStore",
     "file_digest",
     "read_config",
@@ -62,7 +62,10 @@ class SetStatus:
 
 
 @dataclass(frozen=True, slots=True)
-class Drain:
+class SetTargetState:
+    """Drain or enable one target (``url``) or every target of an endpoint; enabling every
+    target also ends an operator's ``disabled``."""
+
     name: str
     url: str | None
     state: str  # draining | active
@@ -83,7 +86,8 @@ class SyncFromStore:
     event: StoreEvent
 
 
-Change = Register | Replace | Remove | SetStatus | Drain | Heartbeat | Reload | SyncFromStore
+Change = (Register | Replace | Remove | SetStatus | SetTargetState | Heartbeat | Reload
+          | SyncFromStore)
 
 
 def _not_found(name: str) -> ProblemError:
@@ -103,7 +107,7 @@ class ChangeConsumer:
         self.state = state
         self._queue: asyncio.Queue[tuple[Change, asyncio.Future[Any]]] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
-        self.file_digest: str | None = None  # of the config file as the last reload read it
+        self.last_read_digest: str | None = None  # of the config file, by the last reload
         self.file_server: ServerSettings | None = None  # its server block, for restart keys
         self.frozen: str | None = None  # why changes are refused for now (a restart)
         self.log_level_override: str | None = None  # set by a flag or LOG_LEVEL at start
@@ -177,8 +181,8 @@ class ChangeConsumer:
                 return await self._remove(name)
             case SetStatus(name, status):
                 return await self._set_status(name, status)
-            case Drain(name, url, st):
-                return await self._drain(name, url, st)
+            case SetTargetState(name, url, st):
+                return await self._set_target_state(name, url, st)
             case Heartbeat(name):
                 return await self._heartbeat(name)
             case Reload(trigger):
@@ -263,7 +267,7 @@ class ChangeConsumer:
         self.state.bus.publish("registry", action="status", endpoint_id=name, status=status)
         return {"endpoint_id": name, "status": status}
 
-    async def _drain(self, name: str, url: str | None, state: str) -> dict[str, Any]:
+    async def _set_target_state(self, name: str, url: str | None, state: str) -> dict[str, Any]:
         assert state in ADMIN_STATES
         reg = self.state.registry
         entry = reg.get(name)
@@ -389,7 +393,7 @@ class ChangeConsumer:
         status.trigger = trigger
         try:
             digest, loaded = await asyncio.to_thread(read_config, path)
-            self.file_digest = digest  # even when invalid: the watcher skips what was read
+            self.last_read_digest = digest  # even when invalid: the file watcher skips it
             if isinstance(loaded, ConfigError):
                 raise loaded
             config = loaded
