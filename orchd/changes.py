@@ -1,8 +1,16 @@
-"""The one way in for every change: the file, SIGHUP, the REST API and the control socket
-all hand a change to ``ChangeConsumer.submit``; one task applies them in order.
+"""The change consumer: the one way in for every change. The file watcher
+(``orchd.sources``), SIGHUP (``orchd.daemon``), the REST API and the control socket
+(``orchd.api.registry``, ``orchd.api.config``) and the shared store's watch all hand a change
+(``Register``, ``Replace``, ``Remove``, ``SetStatus``, ``SetTargetState``, ``Heartbeat``,
+``Reload``, ``SyncFromStore``) to ``ChangeConsumer.submit``; one task applies them in order.
 
 Each change is validated against the whole current state first, then written to the store
-(for API changes), then applied to the registry (one snapshot swap), then answered.
+(for API changes), then applied to the registry (one snapshot swap), then answered. A reload
+reads the file once (``read_config``: its digest and its validated config), keeps the last
+good configuration when it is invalid, and answers the diff.
+
+What it does not do: watch the file (``orchd.sources``), or build the routing table
+(``orchd.registry``).
 """
 
 from __future__ import annotations

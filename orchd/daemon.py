@@ -1,6 +1,7 @@
 """The composition root: builds every part, wires them, runs until told to stop, stops.
 
-Lifecycle: load the store -> build the registry -> start health checks and the change
+Lifecycle: load the store -> build the registry and the state (``GatewayState``, with the
+health checker) -> the change consumer, from the state -> start health checks and the
 consumer -> open the listeners (or take over a previous orchd's, see ``orchd.handover``) ->
 READY. On SIGTERM, SIGINT or /control/stop: readiness turns 503, the public listeners close,
 in-flight requests and streams finish within ``shutdown_timeout`` (the control socket answers

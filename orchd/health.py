@@ -1,9 +1,10 @@
 """Active health checks: each target is probed on its own schedule, rise/fall thresholds.
 
-The checker knows nothing of routing: it is handed the targets of each new snapshot
-(``sync``) and writes only the health fields of ``Target``. A probe task belongs to a
-generation: it is cancelled when its target goes away or its probe settings change, while the
-state it wrote stays on the target.
+The checker knows nothing of routing: it is handed the targets of each new snapshot (``sync``)
+and the ``health_check`` block of each new configuration (``configure``), and writes only the
+health fields of ``Target``. It imports nothing of the gateway state, which holds it. A probe
+task belongs to a generation: it is cancelled when its target goes away or its probe settings
+change, while the state it wrote stays on the target.
 """
 
 from __future__ import annotations

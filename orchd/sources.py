@@ -1,9 +1,10 @@
-"""Change sources that are not HTTP calls: the config file watcher.
+"""The config file watcher (``ConfigWatcher``): a source of changes that is not an HTTP call.
 
-The watcher only enqueues a ``Reload("file")`` on the change consumer, like ``SIGHUP`` and
-``POST /config/reload`` do. watchdog calls us on its own thread: each event is handed to the
-loop with ``call_soon_threadsafe`` and debounced there (``debounce`` after the last event, at
-most ``max_delay`` after the first), so a file written in several steps is read once, whole.
+The watcher only enqueues a ``Reload("file")`` on the change consumer (``orchd.changes``), like
+``SIGHUP`` and ``POST /config/reload`` do. watchdog calls us on its own thread: each event is
+handed to the loop with ``call_soon_threadsafe`` and debounced there (``debounce`` after the
+last event, at most ``max_delay`` after the first), so a file written in several steps is read
+once, whole.
 
 The *directory* is watched, not the file: editors save by writing a temporary file and
 renaming it over the original (the old inode is gone), and Kubernetes updates a ConfigMap
@@ -13,8 +14,8 @@ change (the old target directory of a ``..data`` swap is deleted).
 
 Events for other files in the directory (a log file next to the config, say) are dropped on
 watchdog's thread. A reload is queued only when the file's content differs from what the last
-reload read (any trigger's reload updates ``ChangeConsumer.last_read_digest``): touching the file
-is a no-op.
+reload read (any trigger's reload updates ``ChangeConsumer.last_read_digest``): touching the
+file is a no-op.
 """
 
 from __future__ import annotations

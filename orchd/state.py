@@ -1,4 +1,14 @@
-"""The gateway's shared state, built once by the composition root and passed explicitly."""
+"""The gateway's shared state: what the routes, the proxy and the background tasks read.
+
+``GatewayState`` is built whole, once, by the composition root (``orchd.daemon``) and passed
+explicitly (to the applications under ``STATE``): the boot settings, the running
+configuration, the event bus, the target pool, the registry, the store, the health checker
+and the stream caps, plus the few flags of the process's life (started, ready, stopping).
+
+What it does not hold: the change consumer (``orchd.changes``). The consumer is the one
+writer of this state, so it is built from it, afterwards; the API reaches it under
+``orchd.api.common.CHANGES``. Imports run one way: ``changes`` -> ``state`` -> ``health``.
+"""
 
 from __future__ import annotations
 
@@ -66,7 +76,8 @@ class ReloadStatus:
 
 @dataclass
 class GatewayState:
-    """Everything the routes, the proxy and the background tasks share."""
+    """Everything the routes, the proxy and the background tasks share; only the change
+    consumer assigns ``config`` (a reload) and ``last_reload``."""
 
     boot: ServerSettings
     boot_file: ServerSettings

@@ -2,7 +2,7 @@
 
 Why this module exists: a stream keeps its connection busy for as long as the client likes,
 and a connection with a request in progress is never evicted by ``server.max_connections``
-(``orchd.limits``). Without a cap, a few clients holding streams open would take every
+(``orchd.edge_rules``). Without a cap, a few clients holding streams open would take every
 connection of the public port and lock everyone else out with 503. Each stream therefore
 takes a slot here before it starts and gives it back when it ends:
 
@@ -15,7 +15,7 @@ A stream over a cap is answered 429 with a problem document that names the cap a
 key, and ``Retry-After``. The limits are read from the running configuration at every
 ``acquire``, so a reload applies to the next stream (open ones are never cut).
 
-What it does not do: count connections (``orchd.limits`` does), or cap streams on the control
+What it does not do: count connections (``orchd.edge_rules`` does), or cap streams on the control
 socket: whoever can open that socket is an administrator, and its connections do not count
 against ``max_connections``; callers serving the control socket do not ask for a slot.
 """
