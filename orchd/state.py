@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -24,28 +23,15 @@ from orchd.model import Config, ServerSettings
 from orchd.registry import Registry
 from orchd.streams import StreamCaps
 from orchd.target import TargetPool
+from orchd.timestamps import iso
 from orchd.upstream_policy import UpstreamPolicy, policy_for
 
 if TYPE_CHECKING:
     from orchd.health import HealthChecker
     from orchd.store import Store
 
-__all__ = ("STATE", "GatewayState", "ReloadStatus", "iso", "stamp")
-
-
-def iso(ts: float | None) -> str | None:
-    if ts is None:
-        return None
-    dt = datetime.fromtimestamp(ts, UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
-
-
-def stamp(data: dict[str, Any]) -> dict[str, Any]:
-    """Add ``timestamp`` and ``timestamp_iso`` to an answer."""
-    now = time.time()
-    data["timestamp"] = now
-    data["timestamp_iso"] = iso(now)
-    return data
+# ``iso`` is orchd.timestamps', named here for the modules that still import it from here.
+__all__ = ("STATE", "GatewayState", "ReloadStatus", "iso")
 
 
 @dataclass

@@ -10,7 +10,8 @@ from aiohttp import web
 
 from orchd.changes import Change, ChangeConsumer
 from orchd.errors import ProblemError
-from orchd.state import STATE, GatewayState, stamp
+from orchd.state import STATE, GatewayState
+from orchd.timestamps import stamp
 
 __all__ = ("CHANGES", "get_state", "json_answer", "read_body", "read_json", "stamped", "submit")
 
