@@ -6,21 +6,29 @@ Schemas and then calls the ``from_dict`` constructors below.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 __all__ = (
     "DEFAULT_METHODS",
     "IDEMPOTENT_METHODS",
+    "ApiKeySettings",
+    "AuthSettings",
     "BreakerSettings",
     "Config",
+    "CorsSettings",
     "EndpointSpec",
     "FallbackResponse",
     "HealthSettings",
+    "JwtSettings",
+    "RateLimitSettings",
     "RegistrySettings",
     "ServerSettings",
 )
+
+_T = TypeVar("_T")
 
 DEFAULT_METHODS = ("GET",)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
@@ -160,6 +168,116 @@ class RegistrySettings:
 
 
 @dataclass(frozen=True, slots=True)
+class JwtSettings:
+    """``auth.jwt``: what a bearer token must be to pass (orchd.auth.jwt checks it)."""
+
+    issuer: str
+    audiences: tuple[str, ...] | None = None
+    jwks_url: str | None = None
+    jwks_file: str | None = None
+    secret: str | None = field(default=None, repr=False)  # HS*: from ${VAR} in the file
+    algorithms: tuple[str, ...] = ("RS256",)
+    leeway: float = 30.0
+    required_scopes: tuple[str, ...] = ()
+    claims_to_headers: tuple[tuple[str, str], ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> JwtSettings:
+        audiences = data.get("audiences")
+        return cls(
+            issuer=str(data["issuer"]),
+            audiences=None if audiences is None else tuple(audiences),
+            jwks_url=data.get("jwks_url"),
+            jwks_file=data.get("jwks_file"),
+            secret=data.get("secret"),
+            algorithms=tuple(data.get("algorithms") or ("RS256",)),
+            leeway=float(data.get("leeway", 30.0)),
+            required_scopes=tuple(data.get("required_scopes") or ()),
+            claims_to_headers=tuple((str(k), str(v)) for k, v in
+                                    (data.get("claims_to_headers") or {}).items()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeySettings:
+    """``auth.api_key``: where a consumer's key is read from (``query``: a parameter name,
+    ``api_key`` for ``true``, or None)."""
+
+    header: str = "X-API-Key"
+    query: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ApiKeySettings:
+        query = data.get("query", False)
+        return cls(header=str(data.get("header", "X-API-Key")),
+                   query="api_key" if query is True else (query or None))
+
+
+@dataclass(frozen=True, slots=True)
+class AuthSettings:
+    """``auth``: the gateway checks the credential itself (either one passes)."""
+
+    jwt: JwtSettings | None = None
+    api_key: ApiKeySettings | None = None
+    anonymous: bool = False
+    hide_credentials: bool = False
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AuthSettings:
+        jwt, api_key = data.get("jwt"), data.get("api_key")
+        return cls(
+            jwt=None if jwt is None else JwtSettings.from_dict(jwt),
+            api_key=None if api_key is None else ApiKeySettings.from_dict(api_key),
+            anonymous=bool(data.get("anonymous", False)),
+            hide_credentials=bool(data.get("hide_credentials", False)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitSettings:
+    """``rate_limit``: a token bucket of ``burst`` tokens, ``rate`` added per ``per`` s."""
+
+    rate: float
+    per: float = 1.0
+    burst: int = 0  # 0 in a document: the default, ``rate`` rounded up
+    key: str = "client_ip"  # client_ip | consumer | endpoint | header:NAME | claim:NAME
+    scope: str = "instance"  # instance | cluster
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> RateLimitSettings:
+        rate = float(data["rate"])
+        burst = data.get("burst")
+        return cls(rate=rate, per=float(data.get("per", 1.0)),
+                   burst=int(burst) if burst is not None else max(1, math.ceil(rate)),
+                   key=str(data.get("key", "client_ip")),
+                   scope=str(data.get("scope", "instance")))
+
+
+@dataclass(frozen=True, slots=True)
+class CorsSettings:
+    """``cors``: which origins' pages may call the endpoint (orchd.auth.cors answers)."""
+
+    allow_origins: tuple[str, ...]
+    allow_methods: tuple[str, ...] | None = None  # None: the endpoint's methods
+    allow_headers: tuple[str, ...] = ()
+    expose_headers: tuple[str, ...] = ()
+    allow_credentials: bool = False
+    max_age: int = 600
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CorsSettings:
+        methods = data.get("allow_methods")
+        return cls(
+            allow_origins=tuple(data["allow_origins"]),
+            allow_methods=None if methods is None else tuple(m.upper() for m in methods),
+            allow_headers=tuple(data.get("allow_headers") or ()),
+            expose_headers=tuple(data.get("expose_headers") or ()),
+            allow_credentials=bool(data.get("allow_credentials", False)),
+            max_age=int(data.get("max_age", 600)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class EndpointSpec:
     """One endpoint as configured. ``document`` is the validated mapping it came from."""
 
@@ -175,6 +293,9 @@ class EndpointSpec:
     health_check_path: str | None = None
     breaker_overrides: Mapping[str, Any] = field(default_factory=dict)
     ttl: float | None = None
+    auth: AuthSettings | None = None
+    rate_limit: RateLimitSettings | None = None
+    cors: CorsSettings | None = None
     document: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -193,6 +314,9 @@ class EndpointSpec:
             health_check_path=data.get("health_check_path"),
             breaker_overrides=dict(data.get("circuit_breaker") or {}),
             ttl=data.get("ttl"),
+            auth=_optional(AuthSettings.from_dict, data.get("auth")),
+            rate_limit=_optional(RateLimitSettings.from_dict, data.get("rate_limit")),
+            cors=_optional(CorsSettings.from_dict, data.get("cors")),
             document=dict(data),
         )
 
@@ -234,3 +358,7 @@ class Config:
             path=path,
             warnings=warnings,
         )
+
+
+def _optional(build: Callable[[Mapping[str, Any]], _T], data: Any) -> _T | None:
+    return None if data is None else build(data)
