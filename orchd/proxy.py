@@ -13,13 +13,13 @@ import itertools
 import json
 import os
 import time
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Protocol, cast
 
 import aiohttp
 from aiohttp import hdrs, web
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestPayloadError
-from multidict import CIMultiDictProxy
 from yarl import URL
 
 from orchd.balancer import RetryBudget, choose
@@ -33,7 +33,8 @@ from orchd.state import GatewayState
 from orchd.target import Target
 from orchd.upstream import Body, UpstreamPool
 
-__all__ = ("HOP_BY_HOP", "BodyTooLarge", "Headers", "Proxy", "Reply")
+__all__ = ("HOP_BY_HOP", "BodyTooLarge", "Headers", "ProxiedRequest", "Proxy", "Reply",
+           "RequestHeaders")
 
 HOP_BY_HOP = frozenset(h.lower() for h in (
     "Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization", "Proxy-Connection",
@@ -122,8 +123,8 @@ def _reseed_request_ids() -> None:
 os.register_at_fork(after_in_child=_reseed_request_ids)  # forked workers never share IDs
 
 
-def _request_id(request: web.Request) -> str:
-    rid = request.headers.get("X-Request-ID", "")
+def _request_id(request: ProxiedRequest) -> str:
+    rid = request.headers.get("X-Request-ID") or ""
     if 0 < len(rid) <= 200 and rid.isprintable() and rid.isascii():
         return rid
     return _rid_prefix + hex(next(_rid_counter))[3:]
@@ -143,7 +144,7 @@ def _upstream_problem(status: int, title: str, endpoint: str, rid: str, what: st
                         headers=headers, extra={"reason": reason})
 
 
-def _received_via(headers: Any) -> str | None:
+def _received_via(headers: RequestHeaders) -> str | None:
     """The request's ``Via`` field lines, joined with commas (None without one)."""
     if "Via" not in headers:
         return None
@@ -154,15 +155,15 @@ def _too_large(detail: str, headers: dict[str, str]) -> ProblemError:
     return ProblemError(413, "Request body too large", detail, headers=headers)
 
 
-def _drop_set(headers: CIMultiDictProxy[str], base: frozenset[str] | set[str]) -> set[str]:
+def _drop_set(headers: RequestHeaders, base: frozenset[str] | set[str]) -> set[str]:
     conn = headers.get(hdrs.CONNECTION)
     if not conn:
         return set(base)
     return set(base) | {t.strip().lower() for t in conn.split(",") if t.strip()}
 
 
-def has_credential(request: web.Request, auth_type: str) -> bool:
-    auth = request.headers.get(hdrs.AUTHORIZATION, "")
+def has_credential(request: ProxiedRequest, auth_type: str) -> bool:
+    auth = request.headers.get(hdrs.AUTHORIZATION) or ""
     if auth_type == "api_key":
         return bool(request.headers.get("X-API-Key") or auth or "api_key" in request.query)
     prefixes = _CREDENTIAL_SCHEMES.get(auth_type)
@@ -188,7 +189,7 @@ class Proxy:
         answer = await self.serve(request, reply)
         return answer if answer is not None else reply.response
 
-    def refused_early(self, request: web.Request) -> ProblemError | None:
+    def refused_early(self, request: ProxiedRequest) -> ProblemError | None:
         """What a request with ``Expect: 100-continue`` gets instead of ``100 Continue``: a
         body over ``max_body_size`` is refused before the client sends it, not after."""
         max_body = self.state.config.server.max_body_size
@@ -198,7 +199,7 @@ class Proxy:
         return _too_large(f"the body is {length} bytes; the limit is {max_body}",
                           {"X-Request-ID": _request_id(request)})
 
-    async def serve(self, request: Any, reply: Reply) -> web.Response | None:
+    async def serve(self, request: ProxiedRequest, reply: Reply) -> web.Response | None:
         """Forward ``request`` (a ``web.Request``, or ``orchd.front``'s own request object)
         and send the answer through ``reply``. Returns a whole answer the caller must send
         itself (a breaker's fallback), or None when ``reply`` has sent it; raises
@@ -213,7 +214,7 @@ class Proxy:
             exc.headers = {**exc.headers, "X-Request-ID": rid}
             raise
 
-    async def _handle(self, request: Any, reply: Reply, rid: str,
+    async def _handle(self, request: ProxiedRequest, reply: Reply, rid: str,
                       started: float) -> web.Response | None:
         via = _received_via(request.headers)
         if via is not None and seen_here(via):
@@ -256,14 +257,17 @@ class Proxy:
         if request.content_length is not None and request.content_length > max_body:
             raise _too_large(f"the body is {request.content_length} bytes; "
                              f"the limit is {max_body}", ep_headers)
-        with self.streams.track(route.name, request.task.cancel):
-            if (request.headers.get(hdrs.UPGRADE, "").lower() == "websocket"
-                    and method == "GET" and isinstance(reply, _StreamReply)):
+        task = request.task
+        # (Task.cancel answers a bool that InFlight ignores.)
+        cut = _uncut if task is None else cast("Callable[[], None]", task.cancel)
+        with self.streams.track(route.name, cut):
+            if (isinstance(reply, _StreamReply) and method == "GET"
+                    and (request.headers.get(hdrs.UPGRADE) or "").lower() == "websocket"):
                 # A WebSocket holds its connection as long as it lives: it takes one of the
                 # long-lived stream slots (orchd.streams) before it costs a breaker trial.
                 with self.state.streams.acquire(request.remote or "", "websocket"):
-                    reply.response = await self._websocket(request, route, segments, query,
-                                                           rid)
+                    reply.response = await self._websocket(reply.request, route, segments,
+                                                           query, rid)
                 return None
             return await self._forward(request, reply, route, segments, query, rid, started,
                                        max_body)
@@ -293,7 +297,7 @@ class Proxy:
                            headers={**headers, "Retry-After": "5"},
                            extra={"reason": "no_available_target"})
 
-    def _upstream_headers(self, request: web.Request, rid: str,
+    def _upstream_headers(self, request: ProxiedRequest, rid: str,
                           drop: frozenset[str] | set[str]) -> list[tuple[str, str]]:
         src = request.headers
         conn = src.get(hdrs.CONNECTION)
@@ -305,13 +309,13 @@ class Proxy:
         # them are not trusted (they would let it spoof the scheme or host a backend sees).
         out += (("X-Forwarded-For", f"{prior}, {peer}" if prior else peer),
                 ("X-Forwarded-Proto", "https" if request.secure else "http"),
-                ("X-Forwarded-Host", src.get(hdrs.HOST, "")),
+                ("X-Forwarded-Host", src.get(hdrs.HOST) or ""),
                 ("X-Request-ID", rid),
                 ("Via", via_after(_received_via(src))))
         return out
 
-    async def _forward(self, request: Any, reply: Reply, route: Route, segments: list[str],
-                       query: str, rid: str, started: float,
+    async def _forward(self, request: ProxiedRequest, reply: Reply, route: Route,
+                       segments: list[str], query: str, rid: str, started: float,
                        max_body: int) -> web.Response | None:
         spec = route.spec
         method = request.method
@@ -351,8 +355,8 @@ class Proxy:
                                   method, route.name, failed.reason)
         raise AssertionError("unreachable")
 
-    async def _try(self, request: Any, reply: Reply, route: Route, target: Target, url: str,
-                   method: str, headers: list[tuple[str, str]], has_body: bool,
+    async def _try(self, request: ProxiedRequest, reply: Reply, route: Route, target: Target,
+                   url: str, method: str, headers: list[tuple[str, str]], has_body: bool,
                    connect_timeout: float, rid: str, started: float,
                    max_body: int) -> None:
         ep_headers = {"X-Endpoint-ID": route.name}
@@ -540,25 +544,30 @@ class Proxy:
             target.in_flight -= 1
 
 
+_WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def _relay(src: _WebSocket, dst: _WebSocket) -> None:
+    """One direction of a WebSocket: each message as it comes, then the close."""
+    async for msg in src:
+        if msg.type == aiohttp.WSMsgType.TEXT:
+            await dst.send_str(msg.data)
+        elif msg.type == aiohttp.WSMsgType.BINARY:
+            await dst.send_bytes(msg.data)
+        elif msg.type == aiohttp.WSMsgType.PING:
+            await dst.ping(msg.data)
+        elif msg.type == aiohttp.WSMsgType.PONG:
+            await dst.pong(msg.data)
+        else:
+            break
+    code = src.close_code or aiohttp.WSCloseCode.OK
+    await dst.close(code=code)
+
+
 async def _pump_websockets(client: web.WebSocketResponse,
                            upstream: aiohttp.ClientWebSocketResponse) -> None:
-    async def relay(src: Any, dst: Any) -> None:
-        async for msg in src:
-            if msg.type == aiohttp.WSMsgType.TEXT:
-                await dst.send_str(msg.data)
-            elif msg.type == aiohttp.WSMsgType.BINARY:
-                await dst.send_bytes(msg.data)
-            elif msg.type == aiohttp.WSMsgType.PING:
-                await dst.ping(msg.data)
-            elif msg.type == aiohttp.WSMsgType.PONG:
-                await dst.pong(msg.data)
-            else:
-                break
-        code = src.close_code or aiohttp.WSCloseCode.OK
-        await dst.close(code=code)
-
-    tasks = [asyncio.create_task(relay(client, upstream)),
-             asyncio.create_task(relay(upstream, client))]
+    tasks = [asyncio.create_task(_relay(client, upstream)),
+             asyncio.create_task(_relay(upstream, client))]
     try:
         _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         for task in pending:
@@ -612,6 +621,63 @@ def _response_headers(headers: Headers) -> tuple[Headers, int | None]:
         return out, None
     out.append((b"Content-Length", length))
     return out, int(length)  # llhttp checked it is digits
+
+
+class RequestHeaders(Protocol):
+    """A request's header fields as the proxy reads them (``CIMultiDictProxy`` or
+    ``orchd.front.FrontHeaders``): ``get`` gives the first value of a name in any case,
+    ``items`` every field in the order received."""
+
+    def get(self, name: str, /) -> str | None: ...
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+    def __contains__(self, name: object, /) -> bool: ...
+
+
+class ProxiedRequest(Protocol):
+    """What the proxy reads of a request, and all it reads: aiohttp's ``web.Request`` and the
+    public listener's ``orchd.front.FrontRequest`` both are one. The item store takes what
+    the access log and the metrics read after the answer (``request_id``, ``started``,
+    ``endpoint``, ``target``, ``upstream_error``)."""
+
+    @property
+    def method(self) -> str: ...
+
+    @property
+    def raw_path(self) -> str:
+        """The target as received: path and query, still percent-encoded."""
+
+    @property
+    def headers(self) -> RequestHeaders: ...
+
+    @property
+    def query(self) -> Mapping[str, str]: ...
+
+    @property
+    def remote(self) -> str | None: ...
+
+    @property
+    def secure(self) -> bool: ...
+
+    @property
+    def content(self) -> StreamReader: ...
+
+    @property
+    def content_length(self) -> int | None: ...
+
+    @property
+    def body_exists(self) -> bool: ...
+
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The task serving the request: cancelled if its endpoint is removed meanwhile."""
+
+    def __setitem__(self, key: str, value: object, /) -> None: ...
+
+
+def _uncut() -> None:
+    """The cut of a request no task serves (``ProxiedRequest.task`` is None): nothing."""
 
 
 class Reply(Protocol):
@@ -686,7 +752,7 @@ class _OneWriteResponse(web.StreamResponse):
 
 
 class _Fallback(Exception):
-    def __init__(self, status: int, headers: dict[str, str], body: Any, retry: int) -> None:
+    def __init__(self, status: int, headers: dict[str, str], body: object, retry: int) -> None:
         super().__init__("fallback")
         self.status, self.headers, self.body, self.retry = status, headers, body, retry
 
