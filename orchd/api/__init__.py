@@ -11,7 +11,18 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import hdrs, web
 
-from orchd.api import config, control, dashboard, docs, events, health, metrics, registry, root
+from orchd.api import (
+    config,
+    consumers,
+    control,
+    dashboard,
+    docs,
+    events,
+    health,
+    metrics,
+    registry,
+    root,
+)
 from orchd.api.middleware import (
     admin_auth_middleware,
     loop_middleware,
@@ -25,7 +36,7 @@ from orchd.state import STATE, GatewayState
 __all__ = ("build_control_app", "build_public_app")
 
 _ADMIN_ROUTES = (root.routes, health.routes, registry.routes, config.routes, events.routes,
-                 metrics.routes, docs.routes, dashboard.routes)
+                 metrics.routes, docs.routes, dashboard.routes, consumers.routes)
 
 
 def _add_admin(app: web.Application, collector: Metrics | None = None) -> None:

@@ -5,13 +5,21 @@ interchangeable: ``load`` at start, ``put``/``delete`` for endpoints, ``put_admi
 administrative state, ``renew`` for the heartbeat of a registration with a ``ttl``, and
 ``watch`` for changes made elsewhere (other instances, expired registrations) and for the
 store's own reachability.
+
+Consumers and their API keys live in the store too (``orchd.store.consumers``): ``load``
+fills ``consumers``, the directory requests' keys are looked up in, and the store keeps it
+current itself (its own writes, and for etcd other instances' through the watch); the
+consumer methods write through and then update it. They raise ``ProblemError`` 404/409.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from orchd.store.consumers import ConsumerDirectory, ConsumerRecord, KeyRecord
 
 __all__ = ("AdminRecord", "Record", "Store", "StoreEvent", "StoreState")
 
@@ -96,5 +104,23 @@ class Store(Protocol):
         ...
 
     def watch(self) -> AsyncIterator[StoreEvent]: ...
+
+    consumers: ConsumerDirectory
+
+    async def add_consumer(self, record: ConsumerRecord) -> None:
+        """Store a new consumer (409 if the name is taken)."""
+        ...
+
+    async def remove_consumer(self, name: str) -> None:
+        """Remove a consumer and its keys (404 if there is none)."""
+        ...
+
+    async def add_key(self, name: str, key: KeyRecord) -> None:
+        """Store a key of an existing consumer (404 if there is none)."""
+        ...
+
+    async def remove_key(self, name: str, key_id: str) -> None:
+        """Revoke a key (404 if the consumer has no such key)."""
+        ...
 
     async def close(self) -> None: ...

@@ -4,6 +4,13 @@ Keys under the configured prefix (default ``/orchd/``)::
 
     {prefix}endpoints/{name}   {"config": {...endpoint...}, "registration_time": 1700000000.0}
     {prefix}admin/{name}       {"disabled": null, "targets": {"http://10.0.0.5:8080": "draining"}}
+    {prefix}consumers/{name}   {"created": 1700000000.0}
+    {prefix}consumer-keys/{name}/{key_id}   {"prefix": "ok_AbCdEfGh", "hash": "<sha256>", ...}
+
+Consumers and keys are read with the registry and followed by the same watch, straight
+into ``consumers`` (the directory of keys by hash): they are not registry changes, so they
+do not reach the change consumer. A key is refused on an instance as soon as its watch
+sees the deletion.
 
 A registration with a ``ttl`` is attached to an etcd lease of that many seconds (its admin
 key too); the heartbeat renews the lease; when heartbeats stop, etcd deletes the keys and
@@ -51,11 +58,21 @@ import aiohttp
 from orchd.errors import ProblemError, StoreError
 from orchd.log import registry_logger as logger
 from orchd.store import AdminRecord, Record, StoreEvent, StoreState
+from orchd.store.consumers import (
+    ConsumerDirectory,
+    ConsumerRecord,
+    KeyRecord,
+    consumer_exists,
+    consumer_not_found,
+    key_not_found,
+)
 
 __all__ = ("EtcdStore",)
 
 ENDPOINTS = "endpoints/"
 ADMIN = "admin/"
+CONSUMERS = "consumers/"
+CONSUMER_KEYS = "consumer-keys/"
 # gRPC codes that mean "try another member": UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED,
 # RESOURCE_EXHAUSTED (and UNKNOWN, which etcd 3.4 uses for "leader changed").
 _RETRY_CODES = frozenset({14, 4, 10, 8, 2})
@@ -125,6 +142,7 @@ class EtcdStore:
         self._error: str | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._created = False  # the current watch stream was accepted
+        self.consumers = ConsumerDirectory()
 
     # -- keys
 
@@ -214,10 +232,14 @@ class EtcdStore:
         admin: dict[str, AdminRecord] = {}
         known: dict[str, _Known] = {}
         changes: list[StoreEvent] = []
+        consumers = ConsumerDirectory()
         for kv in data.get("kvs", ()):
             key = _unb64(kv["key"])
             value = base64.b64decode(kv.get("value", ""))
             mod = int(kv.get("mod_revision", 0))
+            if self._consumer_change(consumers, key, value):
+                self._note(key, mod, deleted=False)
+                continue
             entry = _Known(value, mod, int(kv.get("lease", 0)))
             event = self._decode(key, entry)
             if event is None:
@@ -235,7 +257,8 @@ class EtcdStore:
             if split is not None:
                 changes.append(StoreEvent(split[1], kind=split[0], revision=revision))
         self._known = known
-        for key in self._latest.keys() | known.keys():
+        self.consumers.replace(consumers)
+        for key in (self._latest.keys() - self._consumer_keys()) | known.keys():
             self._note(key, known[key].revision if key in known else revision,
                        deleted=key not in known)
         self._revision = revision
@@ -446,23 +469,112 @@ class EtcdStore:
         key = _unb64(kv["key"])
         revision = int(kv.get("mod_revision", 0))
         self._revision = max(self._revision, revision)
-        split = self._split(key)
-        if split is None:
-            return
         if revision <= self._latest.get(key, 0):
             return  # this instance wrote it (or has written the key since), or read it
         deleted = raw.get("type") == "DELETE"
+        value = None if deleted else base64.b64decode(kv.get("value", ""))
+        if self._consumer_change(self.consumers, key, value):
+            self._note(key, revision, deleted)
+            return
+        split = self._split(key)
+        if split is None:
+            return
         self._note(key, revision, deleted)
         if deleted:
             self._known.pop(key, None)
             self._events.put_nowait(StoreEvent(split[1], kind=split[0], revision=revision))
             return
-        entry = _Known(base64.b64decode(kv.get("value", "")), revision,
-                       int(kv.get("lease", 0)))
+        entry = _Known(value or b"", revision, int(kv.get("lease", 0)))
         event = self._decode(key, entry)
         if event is not None:
             self._known[key] = entry
             self._events.put_nowait(event)
+
+    # -- consumers
+
+    def _consumer_change(self, into: ConsumerDirectory, key: str, value: bytes | None) -> bool:
+        """Apply a consumer or key (``value`` None: deleted) to ``into``; False for any
+        other key. A malformed entry is skipped with an error, as a registration is."""
+        rest = key[len(self.prefix):] if key.startswith(self.prefix) else ""
+        try:
+            if rest.startswith(CONSUMERS) and len(rest) > len(CONSUMERS):
+                name = rest[len(CONSUMERS):]
+                if value is None:
+                    into.drop_consumer(name)
+                else:
+                    into.put_consumer(ConsumerRecord.from_json(name, json.loads(value)))
+                return True
+            if rest.startswith(CONSUMER_KEYS):
+                name, _, key_id = rest[len(CONSUMER_KEYS):].partition("/")
+                if name and key_id:
+                    if value is None:
+                        into.drop_key(name, key_id)
+                    else:
+                        into.put_key(name, KeyRecord.from_json(key_id, json.loads(value)))
+                return True
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
+            logger.error("etcd key %s is malformed, ignored: %r", key, exc)
+            return True
+        return False
+
+    def _consumer_keys(self) -> set[str]:
+        base = (self.prefix + CONSUMERS, self.prefix + CONSUMER_KEYS)
+        return {k for k in self._latest if k.startswith(base)}
+
+    async def add_consumer(self, record: ConsumerRecord) -> None:
+        key = self._key(CONSUMERS, record.name)
+        value = json.dumps(record.as_json()).encode()
+        result = await self._call("/v3/kv/txn", {
+            "compare": [{"key": _b64(key), "target": "CREATE", "result": "EQUAL",
+                         "create_revision": "0"}],
+            "success": [_put_op(key, value, 0)],
+        }, f"store consumer {record.name}")
+        if not result.get("succeeded"):
+            raise consumer_exists(record.name)
+        self._note(key, int(result["header"]["revision"]), deleted=False)
+        self.consumers.put_consumer(record)
+
+    async def remove_consumer(self, name: str) -> None:
+        key = self._key(CONSUMERS, name)
+        keys = f"{self.prefix}{CONSUMER_KEYS}{name}/"
+        result = await self._call("/v3/kv/txn", {
+            "compare": [{"key": _b64(key), "target": "CREATE", "result": "GREATER",
+                         "create_revision": "0"}],
+            "success": [{"request_delete_range": {"key": _b64(key)}},
+                        {"request_delete_range": {"key": _b64(keys),
+                                                  "range_end": _b64(_prefix_end(keys))}}],
+        }, f"remove consumer {name}")
+        if not result.get("succeeded"):
+            self.consumers.drop_consumer(name)
+            raise consumer_not_found(name)
+        revision = int(result["header"]["revision"])
+        for key_id in [k.key_id for k in self.consumers.keys_of(name)]:
+            self._note(f"{keys}{key_id}", revision, deleted=True)
+        self._note(key, revision, deleted=True)
+        self.consumers.drop_consumer(name)
+
+    async def add_key(self, name: str, key: KeyRecord) -> None:
+        owner = self._key(CONSUMERS, name)
+        path = f"{self.prefix}{CONSUMER_KEYS}{name}/{key.key_id}"
+        result = await self._call("/v3/kv/txn", {
+            "compare": [{"key": _b64(owner), "target": "CREATE", "result": "GREATER",
+                         "create_revision": "0"}],
+            "success": [_put_op(path, json.dumps(key.as_json()).encode(), 0)],
+        }, f"store a key of consumer {name}")
+        if not result.get("succeeded"):
+            self.consumers.drop_consumer(name)
+            raise consumer_not_found(name)
+        self._note(path, int(result["header"]["revision"]), deleted=False)
+        self.consumers.put_key(name, key)
+
+    async def remove_key(self, name: str, key_id: str) -> None:
+        path = f"{self.prefix}{CONSUMER_KEYS}{name}/{key_id}"
+        result = await self._call("/v3/kv/deleterange", {"key": _b64(path)},
+                                  f"revoke a key of consumer {name}")
+        self.consumers.drop_key(name, key_id)
+        if not int(result.get("deleted", 0)):
+            raise key_not_found(name, key_id)
+        self._note(path, int(result["header"]["revision"]), deleted=True)
 
     async def _probe(self) -> None:
         """A linearizable read now and then: tells "no member answers" (or "no quorum")

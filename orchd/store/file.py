@@ -8,6 +8,9 @@ Registrations with a ``ttl`` expire here too: each has a deadline, moved on by `
 (the heartbeat) and kept in memory only. After a restart every such registration gets a
 whole ``ttl`` from the start to send its next heartbeat, as etcd does for leases when a new
 leader takes over. ``watch`` deletes what expired and reports it.
+
+Consumers and their keys are kept in a file of their own beside it, ``consumers.json``,
+written the same way: a registry write never rewrites them, nor the other way round.
 """
 
 from __future__ import annotations
@@ -27,11 +30,20 @@ from typing import Any
 from orchd.errors import StoreError
 from orchd.log import registry_logger as logger
 from orchd.store import AdminRecord, Record, StoreEvent, StoreState
+from orchd.store.consumers import (
+    ConsumerDirectory,
+    ConsumerRecord,
+    KeyRecord,
+    consumer_exists,
+    consumer_not_found,
+    key_not_found,
+)
 
 __all__ = ("FileStore",)
 
 FORMAT = 1
 FILENAME = "registry.json"
+CONSUMERS_FILENAME = "consumers.json"
 
 
 class FileStore:
@@ -49,6 +61,9 @@ class FileStore:
         self._revisions: dict[str, int] = {}  # name -> counter of the last write
         self._counter = itertools.count(1)
         self._wake = asyncio.Event()
+        self.consumers = ConsumerDirectory()
+        self.consumers_path = self.dir / CONSUMERS_FILENAME
+        self._consumers_doc: dict[str, Any] = {}
 
     # -- start
 
@@ -79,6 +94,12 @@ class FileStore:
         self._admin = {
             name: AdminRecord.from_json(rec) for name, rec in data.get("admin", {}).items()
         }
+        doc = await asyncio.to_thread(self._read_consumers)
+        try:
+            self.consumers = ConsumerDirectory.from_json(doc)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise StoreError(f"{self.consumers_path}: a consumer is malformed ({exc!r})") from None
+        self._consumers_doc = self.consumers.as_json()
         now = time.monotonic()
         self._deadlines = {name: now + ttl for name, rec in self._endpoints.items()
                            if (ttl := _ttl(rec)) is not None}
@@ -113,6 +134,73 @@ class FileStore:
             if not isinstance(data.get(key, {}), dict):
                 raise StoreError(f"{self.path}: '{key}' must be an object")
         return data
+
+    def _read_consumers(self) -> dict[str, Any]:
+        path = self.consumers_path
+        try:
+            data = json.loads(path.read_bytes())
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot read the consumers file: {exc.strerror}") from None
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise StoreError(f"{path}: the consumers file is not valid JSON ({exc}); it was "
+                             "left untouched: restore it from a backup") from None
+        if (not isinstance(data, dict) or data.get("format") != FORMAT
+                or not isinstance(data.get("consumers", {}), dict)):
+            raise StoreError(f"{path}: not an orchd consumers file "
+                             f"(expected an object with format {FORMAT} and 'consumers')")
+        consumers: dict[str, Any] = data.get("consumers", {})
+        return consumers
+
+    # -- consumers
+
+    async def add_consumer(self, record: ConsumerRecord) -> None:
+        def update(doc: dict[str, Any]) -> None:
+            if record.name in doc:
+                raise consumer_exists(record.name)
+            doc[record.name] = {**record.as_json(), "keys": {}}
+
+        await self._commit_consumers(update)
+        self.consumers.put_consumer(record)
+
+    async def remove_consumer(self, name: str) -> None:
+        def update(doc: dict[str, Any]) -> None:
+            if doc.pop(name, None) is None:
+                raise consumer_not_found(name)
+
+        await self._commit_consumers(update)
+        self.consumers.drop_consumer(name)
+
+    async def add_key(self, name: str, key: KeyRecord) -> None:
+        def update(doc: dict[str, Any]) -> None:
+            if name not in doc:
+                raise consumer_not_found(name)
+            doc[name] = {**doc[name], "keys": {**doc[name]["keys"], key.key_id: key.as_json()}}
+
+        await self._commit_consumers(update)
+        self.consumers.put_key(name, key)
+
+    async def remove_key(self, name: str, key_id: str) -> None:
+        def update(doc: dict[str, Any]) -> None:
+            keys = dict(doc[name]["keys"]) if name in doc else {}
+            if keys.pop(key_id, None) is None:
+                raise key_not_found(name, key_id)
+            doc[name] = {**doc[name], "keys": keys}
+
+        await self._commit_consumers(update)
+        self.consumers.drop_key(name, key_id)
+
+    async def _commit_consumers(self, update: Callable[[dict[str, Any]], None]) -> None:
+        """Apply ``update`` to a copy of the consumers document and write it whole; the
+        directory changes only once the file is on disk."""
+        async with self._write_lock:
+            doc = dict(self._consumers_doc)
+            update(doc)
+            payload = json.dumps({"format": FORMAT, "consumers": doc}, indent=1,
+                                 sort_keys=True).encode() + b"\n"
+            await asyncio.to_thread(self._write_file, self.consumers_path, payload)
+            self._consumers_doc = doc
 
     # -- writes
 
@@ -175,7 +263,10 @@ class FileStore:
             self._endpoints, self._admin = endpoints, admin
 
     def _write(self, payload: bytes) -> None:
-        tmp = self.path.with_name(f".{FILENAME}.{os.getpid()}.tmp")
+        self._write_file(self.path, payload)
+
+    def _write_file(self, path: Path, payload: bytes) -> None:
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
             try:
@@ -185,7 +276,7 @@ class FileStore:
                 os.fsync(fd)
             finally:
                 os.close(fd)
-            os.replace(tmp, self.path)
+            os.replace(tmp, path)
             dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 os.fsync(dfd)
@@ -194,7 +285,7 @@ class FileStore:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise StoreError(f"{self.path}: cannot write the store file: {exc.strerror}") from None
+            raise StoreError(f"{path}: cannot write the store file: {exc.strerror}") from None
 
     async def watch(self) -> AsyncIterator[StoreEvent]:
         """One instance owns the file: nothing changes behind its back but expiries."""

@@ -1,0 +1,18 @@
+"""Authentication at the gateway and its neighbours (design section 12), as building blocks.
+
+* ``jwks``: signing keys of a JWK Set (a URL, fetched and cached; or a file), one cache per
+  URL shared by every endpoint (``JwksRegistry``).
+* ``jwt``: bearer token validation against an endpoint's ``auth.jwt`` (``JwtValidator``),
+  with a bounded cache of verified tokens.
+* ``keys``: consumers' API keys: generation, hashing, the in-memory index by hash.
+* ``gateway``: one endpoint's ``auth`` block as one call (``Authenticator``) and the header
+  fields to drop and add before forwarding.
+* ``ratelimit``: token buckets with bounded memory; ``cors``: preflight and answer headers.
+
+Nothing here reads a request object or writes an answer: the proxy calls these with the
+values it has and turns a refusal into its problem document.
+"""
+
+from __future__ import annotations
+
+__all__: tuple[str, ...] = ()
