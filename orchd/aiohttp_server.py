@@ -17,7 +17,6 @@ read so far replayed. What aiohttp keeps private is read through ``orchd.aiohttp
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import Any
@@ -32,9 +31,11 @@ from aiohttp.web_request import BaseRequest
 from orchd import aiohttp_edge as private
 from orchd import edge_rules as rules
 from orchd.edge_rules import ConnectionCap, Guarded, SettingsFn
+from orchd.errors import ProblemError
 from orchd.http1 import Refusal, line_refusal
 from orchd.log import escape_controls, server_logger
 from orchd.model import ServerSettings
+from orchd.problems import problem_response
 
 __all__ = ("GuardedHandler", "GuardedRunner", "GuardedServer")
 
@@ -263,10 +264,8 @@ class GuardedHandler(RequestHandler):
             detail = (f"a header field is too large or there are more than "
                       f"{self.limits.max_header_count} of them: {detail}")
         server_logger.debug("bad request from %s: %s", request.remote, escape_controls(detail))
-        body = {"type": "about:blank", "title": HTTPStatus(status).phrase,
-                "status": status, "detail": detail[:500]}
-        resp = web.Response(status=status, text=json.dumps(body),
-                            content_type="application/problem+json")
+        resp = problem_response(ProblemError(status, HTTPStatus(status).phrase, detail[:500]),
+                                request)
         resp.force_close()
         return resp
 

@@ -35,9 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 from collections.abc import Callable
-from http import HTTPStatus
 from typing import Protocol
 
 from aiohttp.streams import StreamReader
@@ -47,12 +45,13 @@ from orchd.errors import ProblemError
 from orchd.http1 import Refusal, host_ok, request_refusal, target_refusal
 from orchd.log import server_logger
 from orchd.model import ServerSettings
+from orchd.problems import problem_bytes
 
 __all__ = ("BODY_PROGRESS", "KEEPALIVE_TIMEOUT", "LINGER", "REQUEST_LINE_SLACK",
            "ConnectionCap", "Guarded", "SettingsFn", "body_stall", "body_too_slow",
            "close_lingering", "cut_slow_body", "head_cannot_fit", "head_size_refusal",
            "header_deadline_passed", "line_size_refusal", "message_refusal",
-           "parser_limits", "raw_problem", "refuse", "send_deadline_passed",
+           "parser_limits", "refuse", "send_deadline_passed",
            "served_head_fits", "target_size_refusal")
 
 BODY_PROGRESS = 1024  # bytes a body must advance by in every body_timeout window
@@ -137,16 +136,6 @@ def message_refusal(path: str, method: str, version: tuple[int, int],
 
 # -- refusal
 
-def raw_problem(status: int, detail: str) -> bytes:
-    """A whole problem answer (RFC 9457) that closes the connection, as bytes."""
-    phrase = HTTPStatus(status).phrase
-    body = json.dumps({"type": "about:blank", "title": phrase, "status": status,
-                       "detail": detail}).encode()
-    head = (f"HTTP/1.1 {status} {phrase}\r\nContent-Type: application/problem+json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n")
-    return head.encode("latin-1") + body
-
-
 def refuse(transport: asyncio.Transport | None, loop: asyncio.AbstractEventLoop,
            status: int, detail: str, peer: str) -> bool:
     """Answer ``status`` with a problem document outside any request, then close lingering;
@@ -154,7 +143,7 @@ def refuse(transport: asyncio.Transport | None, loop: asyncio.AbstractEventLoop,
     server_logger.debug("refusing a connection from %s: %d %s", peer, status, detail)
     if transport is None or transport.is_closing():
         return False
-    transport.write(raw_problem(status, detail))
+    transport.write(problem_bytes(status, detail))
     close_lingering(transport, loop)
     return True
 

@@ -41,11 +41,11 @@ from multidict import MultiDict, MultiDictProxy
 from orchd import aiohttp_edge as private
 from orchd import edge_rules as rules
 from orchd.aiohttp_server import GuardedServer
-from orchd.api.middleware import problem_response
 from orchd.errors import ProblemError
 from orchd.http1 import HEAD_END, HTTP1_LINE_ENDS, ChunkedEnd, answer_head, host_ok, split_unsafe
 from orchd.log import escape_controls, server_logger
 from orchd.model import ServerSettings
+from orchd.problems import problem_response
 from orchd.router import PREFIX
 
 if TYPE_CHECKING:
@@ -515,7 +515,7 @@ class FrontConnection(asyncio.Protocol):
             try:
                 answer = await server.proxy.serve(request, self)
             except ProblemError as exc:
-                answer = problem_response(exc, request)  # type: ignore[arg-type]
+                answer = problem_response(exc, request)
             except ConnectionResetError:
                 pass  # the client went away: nothing to send it
             except Exception:

@@ -166,17 +166,10 @@ async def _malformed_header(port: int) -> bytes:
     return answer.head + answer.body
 
 
-_PENDING_EDGE = ("the listeners' refusals are built by the edge modules, which switch to "
-                 "orchd.problems (problem_bytes, problem_response) separately")
-
-
 @pytest.mark.parametrize(("send", "status"), [
-    pytest.param(_huge_header, 431, id="431-huge-header",
-                 marks=pytest.mark.xfail(reason=_PENDING_EDGE, strict=False)),
-    pytest.param(_slow_head, 408, id="408-slow-head",
-                 marks=pytest.mark.xfail(reason=_PENDING_EDGE, strict=False)),
-    pytest.param(_malformed_header, 400, id="400-parser",
-                 marks=pytest.mark.xfail(reason=_PENDING_EDGE, strict=False)),
+    pytest.param(_huge_header, 431, id="431-huge-header"),
+    pytest.param(_slow_head, 408, id="408-slow-head"),
+    pytest.param(_malformed_header, 400, id="400-parser"),
 ])
 async def test_listener_refusals_carry_every_field(
         orchd_factory, upstream_factory, send: Callable[[int], Awaitable[bytes]],
