@@ -14,7 +14,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -153,6 +153,69 @@ def _received_via(headers: RequestHeaders) -> str | None:
 
 def _too_large(detail: str, headers: dict[str, str]) -> ProblemError:
     return ProblemError(413, "Request body too large", detail, headers=headers)
+
+
+# How a try ended, as its target's breaker hears it (``_Exchange.settle``).
+_SUCCESS: Final = 0
+_FAILURE: Final = 1
+_RELEASE: Final = 2  # nothing learnt of the upstream: the call it was allowed is given back
+
+
+class _Exchange:
+    """One proxied request on its way upstream, as ``Proxy._try`` reads it: what stays the
+    same over its tries, built once per request, and the current try (``begin``): its
+    target, its URL, and whether that target's breaker has heard how it went (``settle``)."""
+
+    __slots__ = ("connect_timeout", "has_body", "headers", "max_body", "method", "reply",
+                 "request", "rid", "route", "settled", "started", "target", "url")
+
+    target: Target
+    url: str
+
+    def __init__(self, request: ProxiedRequest, reply: Reply, route: Route, method: str,
+                 headers: list[tuple[str, str]], has_body: bool, connect_timeout: float,
+                 rid: str, started: float, max_body: int) -> None:
+        self.request = request
+        self.reply = reply
+        self.route = route
+        self.method = method
+        self.headers = headers  # to send upstream
+        self.has_body = has_body
+        self.connect_timeout = connect_timeout
+        self.rid = rid
+        self.started = started  # time.perf_counter() when the request arrived
+        self.max_body = max_body
+        self.settled = True  # no try yet
+
+    def begin(self, target: Target, url: str) -> None:
+        """A try on ``target`` (its breaker let the call through), of ``url`` under it."""
+        self.target = target
+        self.url = url
+        self.settled = False
+
+    def settle(self, outcome: int, reason: str = "") -> None:
+        """Tell the try's breaker how it went: ``_SUCCESS``, ``_FAILURE`` (``reason`` says
+        which) or ``_RELEASE``. Only the first call of a try counts; later ones do nothing."""
+        if self.settled:
+            return
+        self.settled = True
+        breaker = self.target.breaker
+        if outcome == _SUCCESS:
+            breaker.success()
+        elif outcome == _FAILURE:
+            breaker.failure(reason)
+        else:
+            breaker.release()
+
+    def endpoint_headers(self) -> dict[str, str]:
+        """The headers of a gateway error about this request's endpoint."""
+        return {"X-Endpoint-ID": self.route.name}
+
+    def upstream_problem(self, status: int, title: str, what: str, reason: str,
+                         why: str) -> ProblemError:
+        """The current try's failure as the client learns it (``_upstream_problem``)."""
+        return _upstream_problem(status, title, self.route.name, self.rid, what, reason,
+                                 self.target.url, why, self.endpoint_headers())
 
 
 def _drop_set(headers: RequestHeaders, base: frozenset[str] | set[str]) -> set[str]:
@@ -319,9 +382,9 @@ class Proxy:
                        max_body: int) -> web.Response | None:
         spec = route.spec
         method = request.method
-        headers = self._upstream_headers(request, rid, _REQUEST_DROP)
-        has_body = request.body_exists
-        connect_timeout = min(5.0, spec.timeout)
+        ex = _Exchange(request, reply, route, method,
+                       self._upstream_headers(request, rid, _REQUEST_DROP),
+                       request.body_exists, min(5.0, spec.timeout), rid, started, max_body)
         tried: set[Target] = set()
         attempts = 1 + (spec.retries if method in IDEMPOTENT_METHODS else 0)
         self.budget.record_request()
@@ -341,10 +404,9 @@ class Proxy:
             except PathError as exc:
                 target.breaker.release()
                 raise ProblemError(400, "Invalid path", str(exc)) from None
-            url = f"{path}?{query}" if query else path
+            ex.begin(target, f"{path}?{query}" if query else path)
             try:
-                await self._try(request, reply, route, target, url, method, headers,
-                                has_body, connect_timeout, rid, started, max_body)
+                await self._try(ex)
                 return None
             except _UpstreamFailed as failed:
                 if not (failed.retriable and attempt + 1 < attempts
@@ -355,93 +417,80 @@ class Proxy:
                                   method, route.name, failed.reason)
         raise AssertionError("unreachable")
 
-    async def _try(self, request: ProxiedRequest, reply: Reply, route: Route, target: Target,
-                   url: str, method: str, headers: list[tuple[str, str]], has_body: bool,
-                   connect_timeout: float, rid: str, started: float,
-                   max_body: int) -> None:
-        ep_headers = {"X-Endpoint-ID": route.name}
-        breaker = target.breaker
+    async def _try(self, ex: _Exchange) -> None:
+        """One try of ``ex`` on its current target: send the request, pass the answer on.
+        Its breaker hears how it went exactly once (``_Exchange.settle``): a failure of the
+        upstream (connect error, timeout, 5xx, a broken answer), a success, or, when the try
+        taught nothing about the upstream (the client's body, or the client went away), a
+        release of the call it was allowed."""
+        request, reply, route, target = ex.request, ex.reply, ex.route, ex.target
+        method, max_body, timeout = ex.method, ex.max_body, route.spec.timeout
         target.in_flight += 1
         target.requests += 1
         request["target"] = target.url
-        reported = False
         try:
             try:
                 upstream = await self.upstream.request(
-                    self.upstream.origin_for(target.url), method, url, headers,
-                    _LimitedBody(request.content, max_body) if has_body else None,
-                    request.content_length if has_body else None,
-                    connect_timeout, timeout=route.spec.timeout,
+                    self.upstream.origin_for(target.url), method, ex.url, ex.headers,
+                    _LimitedBody(request.content, max_body) if ex.has_body else None,
+                    request.content_length if ex.has_body else None,
+                    ex.connect_timeout, timeout=timeout,
                 )
             except BodyTooLarge:
-                breaker.release()
-                reported = True
+                ex.settle(_RELEASE)
                 raise _too_large(f"the body is larger than the limit of {max_body} bytes",
-                                 ep_headers) from None
+                                 ex.endpoint_headers()) from None
             except ClientBodyBroke as broke:  # (each clause its own name: mypyc types them)
-                breaker.release()
-                reported = True
+                ex.settle(_RELEASE)
                 raise ProblemError(400, "Request body incomplete",
                                    f"the client's request body broke off: {broke}",
-                                   headers=ep_headers) from None
+                                   headers=ex.endpoint_headers()) from None
             except TimeoutError:
-                breaker.failure(f"timeout after {route.spec.timeout:g}s")
+                ex.settle(_FAILURE, f"timeout after {timeout:g}s")
                 request["upstream_error"] = "timeout"
-                reported = True
-                raise _UpstreamFailed(_upstream_problem(
-                    504, "Upstream timeout", route.name, rid,
-                    f"the upstream did not answer within {route.spec.timeout:g}s",
-                    "upstream_timeout", target.url, "timeout", ep_headers),
-                    "timeout", retriable=False) from None
+                raise _UpstreamFailed(ex.upstream_problem(
+                    504, "Upstream timeout", f"the upstream did not answer within {timeout:g}s",
+                    "upstream_timeout", "timeout"), "timeout", retriable=False) from None
             except UpstreamConnectError as refused:
-                why = refused.strerror or str(refused)
-                breaker.failure(f"connect error: {why}")
+                why = f"connect error: {refused.strerror or str(refused)}"
+                ex.settle(_FAILURE, why)
                 request["upstream_error"] = "refused"
-                reported = True
-                raise _UpstreamFailed(_upstream_problem(
-                    502, "Upstream refused the connection", route.name, rid,
-                    "the upstream refused the connection", "upstream_refused", target.url,
-                    f"connect error: {why}", ep_headers),
-                    f"connect error: {why}", retriable=True) from None
+                raise _UpstreamFailed(ex.upstream_problem(
+                    502, "Upstream refused the connection", "the upstream refused the connection",
+                    "upstream_refused", why), why, retriable=True) from None
             except (aiohttp.ClientError, OSError) as exc:
                 if _caused_by(exc, BodyTooLarge):
                     # aiohttp wraps what the body iterator raised in a connection error.
-                    breaker.release()
-                    reported = True
+                    ex.settle(_RELEASE)
                     raise _too_large(f"the body is larger than the limit of {max_body} bytes",
-                                     ep_headers) from None
+                                     ex.endpoint_headers()) from None
                 reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                breaker.failure(reason)
+                ex.settle(_FAILURE, reason)
                 request["upstream_error"] = "reset"
-                reported = True
-                raise _UpstreamFailed(_upstream_problem(
-                    502, "Upstream connection broke", route.name, rid,
-                    "the upstream broke the exchange", "upstream_broke", target.url, reason,
-                    ep_headers), reason, retriable=False) from None
+                raise _UpstreamFailed(ex.upstream_problem(
+                    502, "Upstream connection broke", "the upstream broke the exchange",
+                    "upstream_broke", reason), reason, retriable=False) from None
 
             # (The response is released in a finally of its own: it exists only once
             # the request got one; mypyc would not let a None pass for it.)
             try:
                 status = upstream.status
                 if status >= 500:
-                    breaker.failure(f"HTTP {status}")
+                    ex.settle(_FAILURE, f"HTTP {status}")
                     request["upstream_error"] = "5xx"
-                    reported = True
                 early = upstream.error()
                 if early is not None:
                     # Malformed or cut before anything reached the client: a clean 502.
                     reason = f"{type(early).__name__}: {early}"
-                    if not reported:
-                        breaker.failure(reason)
-                        reported = True
+                    ex.settle(_FAILURE, reason)
                     request["upstream_error"] = "reset"
-                    raise _UpstreamFailed(_upstream_problem(
-                        502, "Upstream connection broke", route.name, rid,
-                        "the upstream broke the exchange", "upstream_broke", target.url,
-                        reason, ep_headers), reason, retriable=False)
+                    raise _UpstreamFailed(ex.upstream_problem(
+                        502, "Upstream connection broke", "the upstream broke the exchange",
+                        "upstream_broke", reason), reason, retriable=False)
                 out, length = _response_headers(upstream.raw_headers)
-                hundredths = int((time.perf_counter() - started) * 100_000 + 0.5)  # of a ms
-                out += ((b"X-Request-ID", rid.encode()), (b"X-Endpoint-ID", route.name.encode()),
+                hundredths = int((time.perf_counter() - ex.started) * 100_000 + 0.5)  # of a ms
+                out += ((b"X-Request-ID", ex.rid.encode()),
+                        (b"X-Endpoint-ID", route.name.encode()),
                         (b"X-Response-Time",
                          f"{hundredths // 100}.{_TWO_DIGITS[hundredths % 100]}ms".encode()))
                 try:
@@ -452,7 +501,7 @@ class Proxy:
                     elif length is not None and length <= GATHER_LIMIT:
                         # Small enough to gather first: one write instead of one per read.
                         try:
-                            body = await upstream.body(route.spec.timeout)
+                            body = await upstream.body(timeout)
                         except (UpstreamBroke, TimeoutError):
                             # As if it had streamed: the head and what arrived, then the cut.
                             await reply.start(status, upstream.reason, out, close=True)
@@ -462,7 +511,7 @@ class Proxy:
                                           close=self.state.stopping)
                     else:
                         await reply.start(status, upstream.reason, out, close=self.state.stopping)
-                        async for chunk in upstream.chunks(route.spec.timeout):
+                        async for chunk in upstream.chunks(timeout):
                             await reply.write(chunk)
                         await reply.finish()
                 except ConnectionResetError:
@@ -472,22 +521,17 @@ class Proxy:
                 except (UpstreamBroke, TimeoutError) as cut:
                     kind = "timeout" if isinstance(cut, TimeoutError) else "reset"
                     request["upstream_error"] = kind
-                    if not reported:
-                        breaker.failure(f"body broke: {type(cut).__name__}")
-                        reported = True
+                    ex.settle(_FAILURE, f"body broke: {type(cut).__name__}")
                     proxy_logger.warning("request %s: endpoint %s: upstream %s broke "
-                                         "mid-body: %r", rid, route.name, target.url, cut)
+                                         "mid-body: %r", ex.rid, route.name, target.url, cut)
                     reply.abort()
                     return
-                if not reported:
-                    breaker.success()
-                    reported = True
+                ex.settle(_SUCCESS)
             finally:
                 upstream.release()
         finally:
             target.in_flight -= 1
-            if not reported:
-                breaker.release()
+            ex.settle(_RELEASE)  # when nothing above settled it (cancelled, or a fault)
 
     async def _websocket(self, request: web.Request, route: Route, segments: list[str],
                          query: str, rid: str) -> web.StreamResponse:
