@@ -30,8 +30,7 @@ if TYPE_CHECKING:
     from orchd.health import HealthChecker
     from orchd.store import Store
 
-# ``iso`` is orchd.timestamps', named here for the modules that still import it from here.
-__all__ = ("STATE", "GatewayState", "ReloadStatus", "iso")
+__all__ = ("STATE", "GatewayState", "ReloadStatus")
 
 
 @dataclass

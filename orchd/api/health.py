@@ -11,8 +11,9 @@ from orchd.api.common import get_state, stamped
 from orchd.balancer import in_panic
 from orchd.errors import ProblemError, endpoint_not_found
 from orchd.router import Route
-from orchd.state import GatewayState, iso
+from orchd.state import GatewayState
 from orchd.target import HEALTHY, UNHEALTHY, UNKNOWN
+from orchd.timestamps import iso
 
 __all__ = ("endpoint_health", "routes", "summary")
 
@@ -175,7 +176,6 @@ async def one_endpoint(request: web.Request) -> web.Response:
 async def check_now(request: web.Request) -> web.Response:
     state = get_state(request)
     route = _route(state, request.match_info["id"])
-    assert state.health is not None
     await state.health.check_route(route)
     return stamped(endpoint_health(route))
 

@@ -7,8 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from orchd.api.common import get_state, read_json, stamped, submit
-from orchd.changes import Heartbeat, Register, Remove, Replace, SetStatus
-from orchd.changes import SetTargetState as Drain
+from orchd.changes import Heartbeat, Register, Remove, Replace, SetStatus, SetTargetState
 from orchd.errors import ConfigError, FieldError, ProblemError, endpoint_not_found
 from orchd.loader import validate_registration
 from orchd.router import Route
@@ -165,7 +164,7 @@ async def _target_body(request: web.Request) -> str | None:
 async def _admin_state(request: web.Request, new: str) -> web.Response:
     name = request.match_info["id"]
     url = await _target_body(request)
-    result: dict[str, Any] = await submit(request, Drain(name, url, new))
+    result: dict[str, Any] = await submit(request, SetTargetState(name, url, new))
     what = f"target {url}" if url else "every target"
     verb = "draining" if new == DRAINING else "active"
     return stamped({"success": True, "message": f"{name}: {what} {verb}", **result})
