@@ -31,12 +31,13 @@ from aiohttp import web
 
 from orchd import __version__, handover, systemd
 from orchd.accesslog import access_logger_class
+from orchd.aiohttp_edge import set_shutdown_timeout
 from orchd.api import build_control_app, build_public_app
 from orchd.api.common import CHANGES
 from orchd.api.control import RESTART
 from orchd.balancer import RetryBudget
 from orchd.changes import ChangeConsumer, Reload, SyncFromStore, read_config
-from orchd.edge import PublicRunner as GuardedRunner
+from orchd.edge import PublicRunner
 from orchd.errors import ConfigError, ProblemError, StoreError
 from orchd.events import EventBus
 from orchd.health import HealthChecker
@@ -209,7 +210,7 @@ class Daemon:
         # One hook per finished request: the access log line and the request metrics.
         hook = RequestHook(metrics.traffic if metrics is not None else None,
                            access_logger if server.access_log else None)
-        public_runner = GuardedRunner(
+        public_runner = PublicRunner(
             public, settings=lambda: state.config.server, proxy=proxy, hook=hook,
             handle_signals=False, shutdown_timeout=shutdown,
             access_log=access_logger if hook.enabled else None,
@@ -450,7 +451,7 @@ class Daemon:
         """Close the runner's listeners, let in-flight requests finish within ``timeout``
         (a second stop signal cuts them at once), then clean the runner up."""
         # The timeout in force now (it is hot-reloadable); aiohttp reads 0 as "no limit".
-        runner._shutdown_timeout = max(timeout, 0.001)
+        set_shutdown_timeout(runner, timeout)
         cleanup = asyncio.create_task(runner.cleanup())
         force = asyncio.create_task(self._force.wait())
         await asyncio.wait({cleanup, force}, return_when=asyncio.FIRST_COMPLETED)
