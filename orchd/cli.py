@@ -173,6 +173,17 @@ def _tune_malloc() -> None:
     mallopt(_M_TOP_PAD, _TOP_PAD)
 
 
+def _unprivileged_hint(error: str) -> str:
+    """What a user without root passes when a system path refuses it (the example file and
+    the defaults name /var/lib/orchd and /run/orchd, a system service's places)."""
+    if os.geteuid() == 0 or not any(why in error for why in (
+            "Permission denied", "Read-only file system", "Operation not permitted")):
+        return ""
+    return ("; as a user without root, pass --state-dir DIR and --control-socket PATH (or "
+            "ORCHD_STATE_DIR and ORCHD_CONTROL_SOCKET) in a directory of yours, as "
+            "`make run` does: --state-dir run/state --control-socket run/orchd.sock")
+
+
 def _run(config: Config, boot: object, path: str | None) -> int:
     from orchd.daemon import Daemon, StartupError
 
@@ -188,8 +199,10 @@ def _run(config: Config, boot: object, path: str | None) -> int:
         with asyncio.Runner(loop_factory=factory) as runner:
             return runner.run(daemon.run())
     except StartupError as exc:
-        logging.getLogger("orchd.server").error("cannot start: %s", exc)
-        print(f"orchd: cannot start: {exc}", file=sys.stderr)
+        logging.getLogger("orchd.server").error("cannot start: %s%s", exc,
+                                                _unprivileged_hint(str(exc)))
+        if getattr(boot, "log_file", None):  # the log is a file: say it here too
+            print(f"orchd: cannot start: {exc}{_unprivileged_hint(str(exc))}", file=sys.stderr)
         return EXIT_STARTUP
     except (KeyboardInterrupt, asyncio.CancelledError):
         return 1

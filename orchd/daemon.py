@@ -296,7 +296,11 @@ class Daemon:
     async def _open_socket(self, runner: web.AppRunner, path: Path) -> None:
         parent = path.parent
         if not parent.exists():
-            parent.mkdir(parents=True, mode=0o750)
+            try:
+                parent.mkdir(parents=True, mode=0o750)
+            except OSError as exc:
+                raise StartupError(f"cannot create the control socket's directory {parent}: "
+                                   f"{exc.strerror}") from None
         elif parent.stat().st_mode & 0o007:
             server_logger.warning("the control socket's directory %s is open to others (mode "
                                   "%03o): make it 0750 so only orchd's group reaches the socket",

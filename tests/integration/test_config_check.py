@@ -8,6 +8,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -279,3 +280,26 @@ async def test_config_path_env_starts_the_daemon() -> None:
         assert [e["endpoint_id"] for e in body["endpoints"]] == ["only_here"]
     finally:
         gw.cleanup()
+
+
+def test_an_unusable_path_is_one_line_and_exit_3(tmp_path: Path) -> None:
+    # No traceback, said once (the log goes to stderr), exit 3 as orchd(8) says.
+    config = write(tmp_path, "endpoints: []\n")
+    for flags in (["--state-dir", "/proc/1/orchd-state"],
+                  ["--state-dir", str(tmp_path / "state"),
+                   "--control-socket", "/proc/1/orchd/orchd.sock"]):
+        proc = orchd("--config", config, "--port", str(free_port()), *flags)
+        assert proc.returncode == 3, proc.stderr
+        assert "Traceback" not in proc.stderr, proc.stderr
+        assert proc.stderr.count("cannot start") == 1, proc.stderr
+
+
+def test_a_user_without_root_is_told_what_to_pass(monkeypatch: Any) -> None:
+    from orchd import cli
+
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    hint = cli._unprivileged_hint("state directory /var/lib/orchd: Permission denied")
+    assert "--state-dir" in hint and "--control-socket" in hint
+    assert cli._unprivileged_hint("state directory /x: No such file or directory") == ""
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    assert cli._unprivileged_hint("state directory /x: Permission denied") == ""
