@@ -3,6 +3,10 @@
 Reads the routing snapshot once, checks method and credentials, maps the path under the
 target's base path (never above it), picks a target through its breaker, streams the body
 both ways, and reports the outcome to the breaker. Gateway errors are problem documents.
+
+Both listeners use it the same way: they hand it a request that keeps the ``ProxiedRequest``
+contract (aiohttp's ``web.Request``, or ``orchd.front``'s own) and a ``Reply`` the answer is
+written through.
 """
 
 from __future__ import annotations

@@ -13,24 +13,19 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 from yarl import URL
 
-from orchd import problems
 from orchd.errors import ConfigError, ProblemError
 from orchd.hops import seen_here
 from orchd.log import server_logger
+from orchd.problems import problem_response
 from orchd.router import PREFIX
 from orchd.state import STATE
 
+# (problem_response is orchd.problems's, named here for orchd.api, which imports it from here.)
 __all__ = ("admin_auth_middleware", "loop_middleware", "problem_middleware", "problem_response")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 _SAFE_METHODS = frozenset({"GET", "HEAD"})
-
-
-def problem_response(exc: ProblemError, request: web.Request | None = None) -> web.Response:
-    """``orchd.problems.problem_response`` for the admin API's requests (and, until it
-    imports that one, the public listener's)."""
-    return problems.problem_response(exc, request)
 
 
 def _from_http(exc: web.HTTPException) -> ProblemError:
