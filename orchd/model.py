@@ -330,6 +330,15 @@ class EndpointSpec:
         doc.pop("description", None)
         return doc
 
+    def public_document(self) -> dict[str, Any]:
+        """``as_document`` with the JWT secret masked: what an answer may show."""
+        doc = self.as_document()
+        auth = doc.get("auth")
+        jwt = auth.get("jwt") if isinstance(auth, Mapping) else None
+        if isinstance(jwt, Mapping) and "secret" in jwt:
+            doc["auth"] = {**auth, "jwt": {**jwt, "secret": "<set>"}}  # type: ignore[dict-item]
+        return doc
+
 
 @dataclass(frozen=True, slots=True)
 class Config:
