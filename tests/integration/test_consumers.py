@@ -4,6 +4,7 @@ over the real control socket."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -11,8 +12,13 @@ import sys
 from typing import Any
 
 import aiohttp
+import pytest
 
-from tests.support import ROOT, Orchd, base_config
+from orchd.auth.keys import new_key
+from orchd.errors import ProblemError
+from orchd.store.consumers import ConsumerRecord, KeyRecord
+from orchd.store.etcd import EtcdStore
+from tests.support import ROOT, Orchd, async_wait_until, base_config
 
 TOKEN = "adm-c0n5umer5"
 
@@ -113,3 +119,41 @@ def test_orchctl_consumers_end_to_end(orchd_factory):
     assert proc.returncode == 1
     proc = orchctl(sock, "consumers", "add")
     assert proc.returncode == 2
+
+
+async def test_etcd_store_shares_consumers_and_revocations(etcd_factory):
+    """Two instances on one etcd: a key made on A works on B, a revocation on A is seen
+    by B through its watch, a taken name is 409 on B, a new instance loads them."""
+    etcd = etcd_factory(1)
+    a = EtcdStore(etcd.client_urls, "/orchd-test/")
+    b = EtcdStore(etcd.client_urls, "/orchd-test/")
+    try:
+        await a.load()
+        await b.load()
+        watch = b.watch().__aiter__()
+        follower = asyncio.ensure_future(watch.__anext__())  # runs B's watch tasks
+        await a.add_consumer(ConsumerRecord("shop", 1.0))
+        made = new_key()
+        await a.add_key("shop", KeyRecord(made.key_id, made.prefix, made.hash, 2.0))
+
+        async def b_knows() -> bool:
+            return b.consumers.lookup(made.key) == "shop"
+        await async_wait_until(b_knows, 10)
+        with pytest.raises(ProblemError) as info:
+            await b.add_consumer(ConsumerRecord("shop", 3.0))
+        assert info.value.status == 409
+        await a.remove_key("shop", made.key_id)
+
+        async def b_refuses() -> bool:
+            return b.consumers.lookup(made.key) is None
+        await async_wait_until(b_refuses, 10)
+        c = EtcdStore(etcd.client_urls, "/orchd-test/")  # a new instance reads them
+        await c.load()
+        assert c.consumers.names() == ["shop"] and c.consumers.keys_of("shop") == []
+        await c.close()
+        await b.remove_consumer("shop")
+        assert b.consumers.names() == []
+        follower.cancel()
+    finally:
+        await a.close()
+        await b.close()
