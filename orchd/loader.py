@@ -436,6 +436,14 @@ def validate_endpoint(data: Any, prefix: PathTuple = ()) -> EndpointSpec:
 def validate_registration(body: Any) -> EndpointSpec:
     """Validate a ``{"config": {...}}`` registration body."""
     errors = _errors("registration", Document(body, {}))
+    if not errors:
+        jwt = ((body["config"].get("auth") or {}).get("jwt") or {})
+        if "secret" in jwt:
+            # The API stores what it is sent and never expands ${VAR}: a secret would be kept
+            # in clear in the registry store.
+            errors.append(FieldError("config.auth.jwt.secret", "an HS secret can be set only "
+                                     "in the configuration file, from the environment "
+                                     "(secret: ${VAR}); use a JWKS for API registrations"))
     if errors:
         raise ConfigError(errors)
     return EndpointSpec.from_dict(body["config"])

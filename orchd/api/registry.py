@@ -102,7 +102,7 @@ async def register(request: web.Request) -> web.Response:
 async def get_endpoint(request: web.Request) -> web.Response:
     route = _route(request)
     data = route.as_dict()
-    data["config"] = route.spec.as_document()
+    data["config"] = route.spec.public_document()  # an HS secret never leaves
     return stamped(data)
 
 

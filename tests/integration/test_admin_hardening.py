@@ -168,3 +168,23 @@ async def test_an_admin_call_that_already_passed_through_this_gateway_is_508(
     async with http.post(f"{gw.url}/registry/endpoints", json=reg("ok", up.url),
                          headers={"Via": "1.1 orchd-000000000000, 1.0 proxy"}) as r:
         assert r.status == 201, await r.text()
+
+
+async def test_an_hs_secret_is_never_shown_nor_taken_from_the_api(
+        orchd_factory: Callable[..., Orchd], http: aiohttp.ClientSession) -> None:
+    secret = "k" * 64
+    hs = {"name": "hs", "url": "http://127.0.0.1:9/api",
+          "auth": {"jwt": {"issuer": "https://id.example/", "algorithms": ["HS256"],
+                           "secret": "${ORCH_TEST_JWT_SECRET}"}}}
+    gw = orchd_factory(base_config(hs), env={"ORCH_TEST_JWT_SECRET": secret})
+    for path in ("/registry/endpoints/hs", "/registry/endpoints", "/router/routes"):
+        async with http.get(f"{gw.url}{path}") as r:
+            assert r.status == 200
+            assert secret not in await r.text(), path
+    body = {"config": {**hs, "name": "hs2", "auth": {"jwt": {
+        "issuer": "https://id.example/", "algorithms": ["HS256"], "secret": secret}}}}
+    async with http.post(f"{gw.url}/registry/endpoints", json=body) as r:
+        assert r.status == 422, await r.text()
+        problem = await r.json(content_type=None)
+        assert problem["errors"][0]["path"] == "config.auth.jwt.secret"
+        assert secret not in json.dumps(problem)
