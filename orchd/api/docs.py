@@ -159,6 +159,57 @@ def _op(summary: str, tag: str, responses: dict[str, Any], *, admin: bool = Fals
     return op
 
 
+def _consumer_paths() -> dict[str, Any]:
+    """``/consumers``: admin routes, GET included (consumer names are not public)."""
+    name = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"},
+            "description": "The consumer's name.", "example": "billing-team"}
+    key_id = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    consumer = _obj({"name": {"type": "string"}, "created": {"type": "number"},
+                     "keys": {"type": "integer"}}, ["name", "created"])
+    key_row = _obj({"key_id": {"type": "string"}, "prefix": {"type": "string"},
+                    "created": {"type": "number"}}, ["key_id", "prefix", "created"])
+    done = _json(_stamped({"success": {"type": "boolean"}, "message": {"type": "string"}},
+                          ["success", "message"]))
+    missing = {"404": _problem("No consumer (or key) of that name")}
+    return {
+        "/consumers": {
+            "get": _op("Every consumer", "consumers", {"200": _json(_stamped({
+                "consumers": {"type": "array", "items": consumer},
+                "count": {"type": "integer"}}, ["consumers", "count"]))}, admin=True),
+            "post": _op("Add a consumer", "consumers", {
+                "201": _json(_stamped({"success": {"type": "boolean"},
+                                       "message": {"type": "string"},
+                                       "name": {"type": "string"}}, ["success", "name"])),
+                "409": _problem("A consumer of that name exists"),
+                "422": _problem("Invalid name")}, admin=True,
+                body={"required": True, "content": {"application/json": {"schema": _obj(
+                    {"name": {"type": "string", "pattern": "^[A-Za-z0-9_-]{1,64}$"}},
+                    ["name"])}}})},
+        "/consumers/{name}": {
+            "get": _op("One consumer and its keys (ids and prefixes, never the keys)",
+                       "consumers", {"200": _json(_stamped({
+                           "name": {"type": "string"}, "created": {"type": "number"},
+                           "keys": {"type": "array", "items": key_row}}, ["name", "keys"])),
+                           **missing}, admin=True, params=[name]),
+            "delete": _op("Remove a consumer and its keys, on every instance", "consumers",
+                          {"200": done, **missing}, admin=True, params=[name])},
+        "/consumers/{name}/keys": {
+            "get": _op("A consumer's keys (ids and prefixes, never the keys)", "consumers",
+                       {"200": _json(_stamped({"consumer": {"type": "string"},
+                                               "keys": {"type": "array", "items": key_row},
+                                               "count": {"type": "integer"}},
+                                              ["consumer", "keys"])), **missing},
+                       admin=True, params=[name]),
+            "post": _op("Create a key: the answer shows it this once", "consumers", {
+                "201": _json(_obj({"key_id": {"type": "string"}, "key": {"type": "string"},
+                                   "prefix": {"type": "string"}}, ["key_id", "key"])),
+                **missing}, admin=True, params=[name])},
+        "/consumers/{name}/keys/{key_id}": {
+            "delete": _op("Revoke a key, on every instance at once", "consumers",
+                          {"200": done, **missing}, admin=True, params=[name, key_id])},
+    }
+
+
 def _paths() -> dict[str, Any]:
     not_found = {"404": _problem("No endpoint of that name")}
     endpoint_health = _json(_stamped({**_SHAPES["EndpointHealth"]["properties"]},
@@ -381,6 +432,7 @@ def _paths() -> dict[str, Any]:
                                 "(Retry-After)")},
             params=[{"name": "types", "in": "query", "schema": {"type": "string"},
                      "description": "Comma-separated event types to keep"}])},
+        **_consumer_paths(),
         "/control/stop": {"post": _op("Graceful stop (control socket only)", "control", {
             "202": _json(_obj({"success": {"type": "boolean"}, "pid": {"type": "integer"}},
                               ["success"]))})},
