@@ -1,0 +1,241 @@
+"""The container image: the project's Dockerfile built with buildah on a Debian base made
+offline (mmdebstrap, ``podman import``), then orchd run from it the way a container engine
+runs it: the image's entrypoint, command, user and environment, the state volume mounted,
+the host's network (loopback, an ephemeral port).
+
+No OCI runtime can run here (it cannot set rlimits), so the image runs with ``buildah run
+--isolation chroot``: a chroot without a PID namespace, where ``docker stop`` becomes the
+image's stop signal sent to its entrypoint process (tini).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.deploy.roots import CACHE, STORAGE, cached_root, require, run
+from tests.support import ROOT, free_port, short_tmpdir, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
+
+BASE = "localhost/orchd-test-base"
+IMAGE = "localhost/orchd-test:current"
+CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+
+
+def buildah(*args: str, timeout: float = 120) -> str:
+    return run(["buildah", *STORAGE, *args], timeout=timeout).stdout.strip()
+
+
+def _base_image() -> str:
+    """The Debian base, imported into the tests' storage once per root file system."""
+    tar = cached_root("image")
+    tag = f"{BASE}:{tar.stem.split('-', 1)[1]}"
+    names = buildah("images", "--format", "{{.Name}}:{{.Tag}}").split()
+    for stale in (n for n in names if n.startswith(BASE + ":") and n != tag):
+        buildah("rmi", stale)
+    if tag not in names:
+        run(["podman", *STORAGE, "import", str(tar), tag], timeout=300)
+    return tag
+
+
+@pytest.fixture(scope="module")
+def image() -> Iterator[dict[str, Any]]:
+    """The image built from the checkout's Dockerfile; yields its Docker config. Its layers
+    stay in the tests' storage as the build cache; older builds' layers are pruned."""
+    require("buildah", "podman", "mmdebstrap")
+    base = _base_image()
+    cmd = ["bud", "--isolation", "chroot", "--layers", "--format", "docker",
+           "--build-arg", f"BASE={base}", "-t", IMAGE, "-f", str(ROOT / "Dockerfile")]
+    if CA_BUNDLE.exists():  # pip trusts what this machine trusts (a TLS-intercepting proxy)
+        cmd += ["-v", f"{CA_BUNDLE}:/run/ca.crt:ro", "--build-arg", "PIP_CERT=/run/ca.crt"]
+    started = time.monotonic()
+    buildah(*cmd, str(ROOT), timeout=840)
+    built = time.monotonic() - started
+    subprocess.run(["buildah", *STORAGE, "rmi", "--prune"], capture_output=True, timeout=120,
+                   check=False)
+    config = json.loads(buildah("inspect", "--type", "image", IMAGE))["Docker"]["config"]
+    size = buildah("images", "--format", "{{.Size}}", IMAGE)
+    (CACHE / "report-image.txt").write_text(f"{IMAGE}: {size}, built in {built:.0f}s\n")
+    yield config
+
+
+class Container:
+    """One container from the image (``docker run``): its own writable layer, the state and
+    runtime directories mounted from the host, the host's network."""
+
+    def __init__(self, config: dict[str, Any], state: Path, rundir: Path, port: int) -> None:
+        self.config = config
+        self.port = port
+        self.mounts = ["-v", f"{state}:/var/lib/orchd", "-v", f"{rundir}:/run/orchd"]
+        # tini is not process 1 here (no PID namespace): it must still reap orchd's children.
+        self.env = ["-e", f"PORT={port}", "-e", "TINI_SUBREAPER=1"]
+        self.name = buildah("from", "--pull-never", IMAGE)
+        self.log = rundir.parent / f"{self.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Container:
+        argv = (self.config.get("Entrypoint") or []) + (self.config.get("Cmd") or [])
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                ["buildah", *STORAGE, "run", "--isolation", "chroot", "--network", "host",
+                 *self.env, *self.mounts, self.name, "--", *argv],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_until(lambda: self.health() == 200 or self.proc.poll() is not None, timeout=60,
+                   what="orchd in the container to answer /health")
+        assert self.proc.poll() is None, self.log.read_text()[-3000:]
+        return self
+
+    def health(self) -> int | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/health",
+                                        timeout=2) as r:
+                return int(r.status)
+        except (OSError, urllib.error.URLError):
+            return None
+
+    def exec(self, *argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``docker exec``: a command in the running container, as the image's user."""
+        cmd = ["buildah", *STORAGE, "run", "--isolation", "chroot", "--network", "host",
+               *self.env, *self.mounts, self.name, "--", *argv]
+        if check:
+            return run(cmd, timeout=60)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+
+    def _entrypoint_pid(self) -> int | None:
+        """The entrypoint's process (tini), below buildah's."""
+        assert self.proc is not None
+        parents: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parents[int(stat.parent.name)] = int(fields[1])
+        entry = (self.config.get("Entrypoint") or [""])[0]
+        for pid in parents:
+            ancestor = parents.get(pid)
+            while ancestor and ancestor != self.proc.pid:
+                ancestor = parents.get(ancestor)
+            if ancestor != self.proc.pid:
+                continue
+            try:
+                argv0 = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            except OSError:
+                continue
+            if argv0.decode() == entry:
+                return pid
+        return None
+
+    def stop(self, timeout: float = 45) -> int:
+        """``docker stop``: the image's stop signal to the entrypoint, then wait."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            pid = self._entrypoint_pid()
+            assert pid is not None, "the entrypoint process is not running"
+            sig = getattr(signal, self.config.get("StopSignal") or "SIGTERM")
+            os.kill(pid, sig)
+            try:
+                return self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+                raise
+        return self.proc.returncode
+
+    def remove(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        subprocess.run(["buildah", *STORAGE, "rm", self.name], capture_output=True,
+                       timeout=60, check=False)
+
+
+@pytest.fixture
+def containers(image: dict[str, Any]) -> Iterator[Any]:
+    """A factory of containers sharing one state volume; all are removed after the test."""
+    work = short_tmpdir()
+    state, rundir = work / "state", work / "run"
+    for d in (state, rundir):
+        d.mkdir(mode=0o750)
+        os.chown(d, 10001, 10001)
+    made: list[Container] = []
+    port = free_port()
+
+    def make() -> Container:
+        made.append(Container(image, state, rundir, port))
+        return made[-1]
+
+    make.state = state  # type: ignore[attr-defined]
+    try:
+        yield make
+    finally:
+        for c in made:
+            c.remove()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _admin(port: int, method: str, path: str, body: dict[str, Any] | None = None) -> int:
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", method=method,
+                                 data=json.dumps(body).encode() if body else None,
+                                 headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return int(r.status)
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_the_image_runs_orchd_as_uid_10001_with_its_healthcheck(image, containers) -> None:
+    assert image["User"] == "orchd:orchd"
+    c = containers().start()
+    assert c.exec("id", "-u").stdout.strip() == "10001"
+    health = image["Healthcheck"]["Test"]
+    assert health[0] == "CMD-SHELL"
+    probe = c.exec("/bin/sh", "-c", health[1], check=False)
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    status = c.exec("orchctl", "status")
+    assert "endpoints" in status.stdout.lower() or "healthy" in status.stdout.lower(), \
+        status.stdout
+    assert c.stop() == 0, "a graceful stop exits 0"
+    log = c.log.read_text()
+    assert "stopping: draining" in log and "Traceback" not in log, log[-3000:]
+    # The healthcheck fails once orchd is gone.
+    assert c.exec("/bin/sh", "-c", health[1], check=False).returncode != 0
+
+
+def test_a_registration_survives_a_new_container_on_the_same_volume(containers) -> None:
+    first = containers().start()
+    body = {"config": {"name": "kept", "url": "http://127.0.0.1:9/kept"}}
+    assert _admin(first.port, "POST", "/registry/endpoints", body) == 201
+    assert first.stop() == 0
+    stored = [p for p in containers.state.rglob("*") if p.is_file()]
+    assert stored and all(p.stat().st_uid == 10001 for p in stored), stored
+    second = containers().start()
+    assert _admin(second.port, "GET", "/registry/endpoints/kept") == 200
+    assert second.stop() == 0
+
+
+def test_the_request_path_is_compiled_in_the_image(containers) -> None:
+    tree = ast.parse((ROOT / "setup.py").read_text())
+    compiled = next(ast.literal_eval(n.value) for n in ast.walk(tree)
+                    if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "COMPILED")
+    modules = [p.removesuffix(".py").replace("/", ".") for p in compiled]
+    c = containers()
+    files = c.exec("python", "-c", "import importlib, sys\n"
+                   "for m in sys.argv[1:]: print(importlib.import_module(m).__file__)",
+                   *modules).stdout.split()
+    assert len(files) == len(modules)
+    assert all(f.startswith("/opt/orchd/") and f.endswith(".so") for f in files), files
