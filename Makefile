@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: run test lint check-config install bench bench-deps bench-reload bench-propagation bench-health soak clean sysdeps bench-metrics
+.PHONY: run test test-deploy lint check-config install bench bench-deps bench-reload bench-propagation bench-health soak clean sysdeps bench-metrics
 
 # The request path is compiled with mypyc (setup.py): a change to it reinstalls.
 COMPILED := $(addprefix orchd/,front.py http1.py edge_rules.py proxy.py upstream.py traffic.py \
@@ -33,6 +33,11 @@ sysdeps:
 test: $(STAMP) sysdeps
 	$(BIN)/python -m pytest -q tests
 
+## test-deploy: the container image built and run, and orchd under a booted systemd
+##              (as root; root file systems cached in ~/.cache/orchd-test)
+test-deploy: $(STAMP) sysdeps
+	$(BIN)/python -m pytest -q tests/deploy
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -46,9 +51,21 @@ SYSUSERSDIR    ?= $(PREFIX)/lib/sysusers.d
 DOCDIR         ?= $(PREFIX)/share/doc/orchd
 PIP_INSTALL_FLAGS ?=
 
+# Debian's own python3 (not a venv) installs with its posix_local scheme, which puts `local/`
+# under the prefix: pip's --prefix /usr/local would give /usr/local/local/bin. For it,
+# PREFIX=/usr/local is --prefix /usr (/usr/local/bin, /usr/local/lib/python3.X/dist-packages,
+# on python3's path) and any other PREFIX uses Debian's deb_system scheme ($(PREFIX)/bin,
+# $(PREFIX)/lib/python3/dist-packages, as Debian's own packages).
+DEBIAN_PYTHON = $(shell $(PYTHON) -c 'import sys, sysconfig; print(int(sys.prefix == \
+	sys.base_prefix and "posix_local" in sysconfig.get_scheme_names()))' 2>/dev/null)
+PIP_PREFIX = $(if $(filter 1,$(DEBIAN_PYTHON)),$(if $(filter /usr/local,$(PREFIX)),/usr,$(PREFIX)),$(PREFIX))
+PIP_LAYOUT = $(if $(filter 1,$(DEBIAN_PYTHON)),$(if $(filter /usr/local,$(PREFIX)),posix_local,deb_system))
+
 install:
-	$(PYTHON) -m pip install --quiet --no-warn-script-location --root "$(DESTDIR)/" \
-		--prefix "$(PREFIX)" $(if $(DESTDIR),--ignore-installed) $(PIP_INSTALL_FLAGS) .
+	DEB_PYTHON_INSTALL_LAYOUT=$(PIP_LAYOUT) $(PYTHON) -m pip install --quiet \
+		--no-warn-script-location --root "$(DESTDIR)/" --prefix "$(PIP_PREFIX)" \
+		$(if $(DESTDIR),--ignore-installed) $(PIP_INSTALL_FLAGS) .
+	test -x "$(DESTDIR)$(BINDIR)/orchd"
 	install -d "$(DESTDIR)$(SYSTEMDUNITDIR)" "$(DESTDIR)$(SYSUSERSDIR)" \
 		"$(DESTDIR)$(MANDIR)/man1" "$(DESTDIR)$(MANDIR)/man5" "$(DESTDIR)$(MANDIR)/man8" \
 		"$(DESTDIR)$(SYSCONFDIR)/orchd" "$(DESTDIR)$(DOCDIR)"

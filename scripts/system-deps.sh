@@ -11,6 +11,11 @@ test_pkgs=(
   "chromium:chromium"
   "chromedriver:chromium-driver"
   "etcd:etcd-server"
+  # tests/deploy: the image (buildah, podman import), root file systems, booting systemd
+  "buildah:buildah"
+  "podman:podman"
+  "mmdebstrap:mmdebstrap"
+  "systemd-nspawn:systemd-container"
 )
 bench_pkgs=(
   "wrk:wrk"
