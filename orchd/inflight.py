@@ -21,12 +21,12 @@ __all__ = ("InFlight",)
 
 class InFlight:
     def __init__(self) -> None:
-        self._open: dict[str, dict[object, Callable[[], None]]] = {}
+        self._open: dict[str, dict[object, Callable[[], object]]] = {}
         self._live: set[str] | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._grace = 0.0
 
-    def track(self, endpoint: str, cut: Callable[[], None]) -> _Tracked:
+    def track(self, endpoint: str, cut: Callable[[], object]) -> _Tracked:
         """Register one request for its lifetime (``with``); ``cut`` ends it if its endpoint
         goes. A plain class, not a generator: it runs once per proxied request."""
         return _Tracked(self._open, endpoint, cut)
@@ -64,8 +64,8 @@ class InFlight:
 class _Tracked:
     __slots__ = ("_cut", "_endpoint", "_open")
 
-    def __init__(self, open_: dict[str, dict[object, Callable[[], None]]], endpoint: str,
-                 cut: Callable[[], None]) -> None:
+    def __init__(self, open_: dict[str, dict[object, Callable[[], object]]], endpoint: str,
+                 cut: Callable[[], object]) -> None:
         self._open, self._endpoint, self._cut = open_, endpoint, cut
 
     def __enter__(self) -> None:

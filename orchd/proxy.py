@@ -17,8 +17,8 @@ import itertools
 import json
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
-from typing import Final, Protocol, cast
+from collections.abc import Iterable, Mapping
+from typing import Final, Protocol
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -326,7 +326,7 @@ class Proxy:
                              f"the limit is {max_body}", ep_headers)
         task = request.task
         # (Task.cancel answers a bool that InFlight ignores.)
-        cut = _uncut if task is None else cast("Callable[[], None]", task.cancel)
+        cut = _uncut if task is None else task.cancel
         with self.streams.track(route.name, cut):
             if (isinstance(reply, _StreamReply) and method == "GET"
                     and (request.headers.get(hdrs.UPGRADE) or "").lower() == "websocket"):

@@ -23,13 +23,9 @@ from orchd.api import (
     registry,
     root,
 )
-from orchd.api.middleware import (
-    admin_auth_middleware,
-    loop_middleware,
-    problem_middleware,
-    problem_response,
-)
+from orchd.api.middleware import admin_auth_middleware, loop_middleware, problem_middleware
 from orchd.metrics import Metrics
+from orchd.problems import problem_response
 from orchd.proxy import Proxy
 from orchd.state import STATE, GatewayState
 

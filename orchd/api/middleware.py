@@ -20,8 +20,7 @@ from orchd.problems import problem_response
 from orchd.router import PREFIX
 from orchd.state import STATE
 
-# (problem_response is orchd.problems's, named here for orchd.api, which imports it from here.)
-__all__ = ("admin_auth_middleware", "loop_middleware", "problem_middleware", "problem_response")
+__all__ = ("admin_auth_middleware", "loop_middleware", "problem_middleware")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
