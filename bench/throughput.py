@@ -9,6 +9,7 @@ figures. Every process started here is stopped by its pid; files live in one tem
 is removed at the end.
 
 Usage: python bench/throughput.py [--quick] [--rounds N] [--duration S] [--connections C]
+                               [--ceiling] [--compare DIR]
 """
 
 from __future__ import annotations
@@ -285,7 +286,8 @@ http://127.0.0.1:{port} {{
                                  "no gateway logic"}[kind]
         return Row(label, port, "/", proc)
 
-    def start_orchd(self, backend: int, name: str, access_log: bool) -> Row:
+    def start_orchd(self, backend: int, name: str, access_log: bool,
+                    tree: Path | None = None) -> Row:
         port = free_port()
         d = self.tmp / name
         d.mkdir()
@@ -306,9 +308,13 @@ health_check:
 circuit_breaker:
   failure_threshold: 5
 """)
-        argv = [str(ROOT / ".venv" / "bin" / "orchd"), "--config", str(config), "--port", str(port),
-                "--state-dir", str(d / "state"), "--control-socket", str(d / "s.sock")]
-        proc = self.spawn(name, PROXY_CPU, argv)
+        flags = ["--config", str(config), "--port", str(port),
+                 "--state-dir", str(d / "state"), "--control-socket", str(d / "s.sock")]
+        if tree is None:
+            proc = self.spawn(name, PROXY_CPU, [str(ROOT / ".venv" / "bin" / "orchd"), *flags])
+        else:  # another checkout (built in place): its orchd package comes first on the path
+            proc = self.spawn(name, PROXY_CPU, [str(PY), "-m", "orchd", *flags],
+                              env={"PYTHONPATH": str(tree)})
         self.wait_http(proc, f"http://127.0.0.1:{port}/health/ready")
         # Measure it as it runs in production: metrics served, the target actively checked.
         self.wait_http(proc, f"http://127.0.0.1:{port}/metrics")
@@ -322,6 +328,8 @@ circuit_breaker:
                 raise SystemExit(f"{name}: the health checks never marked the backend healthy")
             time.sleep(0.2)
         label = "orchd" + ("" if access_log else ", access log off")
+        if tree is not None:
+            label += f" ({tree.name})"
         return Row(label, port, "/orchestrator/bench/", proc)
 
     # -- load
@@ -435,6 +443,9 @@ def run(args: argparse.Namespace) -> int:
         orchd = bench.start_orchd(backend, "orchd", access_log=True)
         quiet = bench.start_orchd(backend, "orchd-nolog", access_log=False)
         rows = [direct, nginx, caddy, bare, orchd, quiet]
+        if args.compare is not None:  # A/B: the same rows from another checkout, interleaved
+            rows += [bench.start_orchd(backend, "orchd-b", True, args.compare),
+                     bench.start_orchd(backend, "orchd-b-nolog", False, args.compare)]
         if args.ceiling:
             rows += [bench.start_ceiling("aiohttp"), bench.start_ceiling("llhttp"),
                      bench.start_ceiling("llhttp-proxy", backend)]
@@ -511,7 +522,14 @@ def main() -> None:
                    help="add rows that answer a constant body without proxying (an aiohttp "
                         "app, a bare asyncio protocol with llhttp) and one that forwards "
                         "through orchd's upstream pool from an llhttp protocol")
+    p.add_argument("--compare", type=Path, metavar="DIR",
+                   help="add orchd rows run from another checkout DIR (its request path built "
+                        "in place: python setup.py build_ext --inplace), for A/B figures")
     args = p.parse_args()
+    if args.compare is not None:
+        args.compare = args.compare.resolve()
+        if not (args.compare / "orchd" / "__init__.py").is_file():
+            raise SystemExit(f"--compare {args.compare}: no orchd package there")
     if args.quick:
         args.rounds, args.duration = 1, 2
     for tool in ("wrk", "caddy", "taskset"):
