@@ -122,7 +122,7 @@ check service-not-started test "$(prop orchd ActiveState)" = inactive
 check first-request-starts poll 300 healthy
 check activated-service-active test "$(prop orchd ActiveState)" = active
 check serves-inherited-socket poll 50 sh -c \
-  "journalctl -u orchd -o cat | grep -q 'serving on inherited socket'"
+  "journalctl -u orchd -o cat | grep -q 'on inherited socket'"
 load_start socket-restart-no-failed-request
 check socket-systemctl-restart timeout 90 systemctl restart orchd
 load_stop socket-restart-no-failed-request
