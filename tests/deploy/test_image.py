@@ -57,7 +57,7 @@ def image() -> Iterator[dict[str, Any]]:
     stay in the tests' storage as the build cache; older builds' layers are pruned."""
     require("buildah", "podman", "mmdebstrap")
     base = _base_image()
-    cmd = ["bud", "--isolation", "chroot", "--layers", "--format", "docker",
+    cmd = ["bud", "--isolation", "chroot", "--layers", "--force-rm", "--format", "docker",
            "--build-arg", f"BASE={base}", "-t", IMAGE, "-f", str(ROOT / "Dockerfile")]
     if CA_BUNDLE.exists():  # pip trusts what this machine trusts (a TLS-intercepting proxy)
         cmd += ["-v", f"{CA_BUNDLE}:/run/ca.crt:ro", "--build-arg", "PIP_CERT=/run/ca.crt"]
