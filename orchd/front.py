@@ -5,8 +5,15 @@ any gateway work (its request object, URL parsing, router, middlewares, ``Stream
 more than half of what a Go gateway spends on a whole proxied exchange (see
 docs/performance.md). A request for ``/orchestrator/`` needs none of that. This protocol finds
 the end of each request head itself, parses it with llhttp (``httptools``), hands it to
-``Proxy.serve`` as a small ``FrontRequest`` and writes the answer to the socket itself
-(``FrontConnection`` is the proxy's ``Reply``).
+``Proxy.serve`` as a small ``FrontRequest`` and writes the answer to the socket itself.
+
+Two objects, as uvicorn's protocol and its ``RequestResponseCycle``: ``FrontConnection`` is
+the connection (parser callbacks, the buffer, one worker task serving its requests in turn,
+the hand-off to aiohttp, the deadlines, write flow control); ``FrontReply`` is the answer to
+the request being served, the proxy's ``Reply``, with a named state (``NOT_STARTED`` →
+``HEAD_SENT`` → ``FINISHED``, or ``ABORTED``) that the connection reads when the request is
+done: keep the connection for the next request, or cut it. A connection has one
+``FrontReply``, reset for each request.
 
 Every other request goes to aiohttp, together with its connection: at the first request this
 listener does not serve (admin API, health, metrics, dashboard, docs, a WebSocket upgrade,
@@ -29,7 +36,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import parse_qsl, unquote
 
 import httptools
@@ -50,10 +57,12 @@ from orchd.router import PREFIX
 
 if TYPE_CHECKING:
     from orchd.proxy import Headers, Proxy
+    from orchd.state import GatewayState
     from orchd.traffic import RequestHook
     from orchd.upstream import Body
 
-__all__ = ("FrontConnection", "FrontHeaders", "FrontRequest", "FrontServer")
+__all__ = ("ABORTED", "FINISHED", "HEAD_SENT", "NOT_STARTED", "FrontConnection", "FrontHeaders",
+           "FrontReply", "FrontRequest", "FrontServer")
 
 _PREFIX = PREFIX.encode()
 _BODY_READ_LIMIT = 2**16  # a request body's buffer pauses the socket past twice this
@@ -123,8 +132,146 @@ class FrontRequest(dict[str, Any]):
             parse_qsl(self.raw_path.partition("?")[2], keep_blank_values=True)))
 
 
+# The states of an answer (``FrontReply.state``).
+NOT_STARTED: Final = 0  # nothing written: a problem document can still take its place
+HEAD_SENT: Final = 1  # the head is out, the body not complete: cut short if it ends here
+FINISHED: Final = 2  # all of it is out: the connection may serve the next request
+ABORTED: Final = 3  # the connection was cut: nothing more goes out
+
+
+class FrontReply:
+    """The answer to the request a ``FrontConnection`` is serving: the proxy's ``Reply``
+    (``orchd.proxy.Reply``), written straight to the socket. Its ``state`` says how far the
+    answer got; ``status`` and ``sent_bytes`` are for the access log and the metrics;
+    ``keep_alive`` is False once the answer said ``Connection: close`` or the connection was
+    cut, and the connection ends after it.
+
+    One per connection, reset for each request (``reset``): the requests of a connection are
+    answered one after the other, and an object per request would be an allocation on the hot
+    path. It reads its connection's state where the answer depends on it: whether the
+    connection is lost or already closing, whether the request body is still arriving, and the
+    connection's write flow control (``_write_paused``, ``_drain``)."""
+
+    def __init__(self, conn: FrontConnection, gateway: GatewayState) -> None:
+        self._conn = conn
+        self._gateway = gateway  # its ``stopping``: answers say ``Connection: close``
+        self.transport: asyncio.Transport | None = None  # the connection's, once made
+        self.state = NOT_STARTED
+        self.status = 0
+        self.sent_bytes = 0  # of the body
+        self.keep_alive = True
+        self._chunked = False
+        # Of the request being answered:
+        self._version = "1.1"
+        self._head_only = False  # a HEAD: the answer has no body
+        self._client_keep = False  # the client would keep the connection
+
+    def reset(self, request: FrontRequest) -> None:
+        """Ready to answer ``request``."""
+        self.state = NOT_STARTED
+        self.status = self.sent_bytes = 0
+        self.keep_alive = True
+        self._version = request.version
+        self._head_only = request.method == "HEAD"
+        self._client_keep = request.keep_alive
+
+    async def send_response(self, response: web.Response) -> None:
+        """An answer built as an aiohttp response (a problem document)."""
+        body = response.body
+        headers = [(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+                   for k, v in response.headers.items()]
+        await self.whole(response.status, response.reason, headers,
+                         body if isinstance(body, bytes) else b"")
+
+    # The proxy's Reply (orchd.proxy.Reply).
+
+    async def whole(self, status: int, reason: str, headers: Headers, body: Body, *,
+                    close: bool = False) -> None:
+        transport = self._writable()
+        head = self._head(status, reason, headers, len(body), close)
+        if body and not self._head_only and status not in (204, 304):
+            if len(body) < 4096:
+                transport.write(head + body)
+            else:  # one vectored write, no copy of the body
+                transport.writelines((head, body))
+            self.sent_bytes = len(body)
+        else:
+            transport.write(head)
+        self.state = FINISHED
+        if self._conn._write_paused:
+            await self._drained()
+
+    async def start(self, status: int, reason: str, headers: Headers, *,
+                    close: bool = False) -> None:
+        self._writable().write(self._head(status, reason, headers, None, close))
+
+    async def write(self, chunk: Body) -> None:
+        transport = self._writable()
+        if not chunk:
+            return
+        if self._chunked:
+            transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+        else:
+            transport.write(chunk)
+        self.sent_bytes += len(chunk)
+        if self._conn._write_paused:
+            await self._drained()
+
+    async def finish(self) -> None:
+        if self._chunked:
+            self._writable().write(b"0\r\n\r\n")
+        self.state = FINISHED
+        if self._conn._write_paused:
+            await self._drained()
+
+    def abort(self) -> None:
+        transport = self.transport
+        if transport is not None:
+            self.state = ABORTED
+            self.keep_alive = False
+            transport.abort()
+
+    def _head(self, status: int, reason: str, headers: Headers, length: int | None,
+              close: bool) -> bytes:
+        """The answer's head (``orchd.http1.answer_head``); the answer's state follows it:
+        chunked or not, the connection kept open or not."""
+        conn = self._conn
+        self.state = HEAD_SENT
+        may_keep = (self._client_keep and not close and not conn._close and not conn._in_body
+                    and not self._gateway.stopping)
+        head, chunked, keep = answer_head(self._version, self._head_only, status, reason,
+                                          headers, length, may_keep)
+        if not head:  # a CR, LF or NUL in a header or the reason: never written
+            safe, dropped = split_unsafe(headers)
+            for name in dropped:
+                server_logger.warning("dropped the answer header %s: its name or value holds "
+                                      "CR, LF or NUL", escape_controls(name.decode("latin-1")))
+            head, chunked, keep = answer_head(self._version, self._head_only, status, "", safe,
+                                              length, may_keep)
+        self._chunked = chunked
+        self.keep_alive = keep
+        self.status = status
+        return head
+
+    def _writable(self) -> asyncio.Transport:
+        transport = self.transport
+        if transport is None or self._conn._lost or transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        return transport
+
+    async def _drained(self) -> None:
+        conn = self._conn
+        if conn._lost:
+            raise ConnectionResetError("the client went away")
+        drain = conn._drain
+        if drain is None:
+            drain = conn._drain = conn._loop.create_future()
+        await drain
+
+
 class FrontConnection(asyncio.Protocol):
-    """One client connection on the public port (see the module's docstring)."""
+    """One client connection on the public port (see the module's docstring); the answer to
+    its current request is its ``reply``."""
 
     def __init__(self, server: FrontServer, limits: ServerSettings) -> None:
         self._server = server
@@ -155,13 +302,8 @@ class FrontConnection(asyncio.Protocol):
         self._close = False  # end the connection after the current answer
         self._handed = False
         self._lost = False
-        # The answer being written.
-        self._status = 0  # of the answer, for the access log and metrics
-        self._sent_bytes = 0  # of its body
-        self._chunked = False
-        self._started = False
-        self._finished = False
-        # Flow control: the body reader's and the client's socket.
+        self.reply = FrontReply(self, server.state)  # the answer to the current request
+        # Flow control: the body reader's and the client's socket (the reply waits on _drain).
         self._reading_paused = False
         self._write_paused = False
         self._drain: asyncio.Future[None] | None = None
@@ -176,7 +318,7 @@ class FrontConnection(asyncio.Protocol):
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = tr = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self.transport = self.reply.transport = tr = cast(asyncio.Transport, transport)
         tcp_nodelay(tr, True)
         peer = tr.get_extra_info("peername")
         self._remote = str(peer[0]) if peer else ""
@@ -321,8 +463,7 @@ class FrontConnection(asyncio.Protocol):
             return
         self._in_head = False
         self._request = request
-        self._started = self._finished = False
-        self._status = self._sent_bytes = 0
+        self.reply.reset(request)
         if self._complete:
             del buf[:end]
         else:
@@ -493,7 +634,8 @@ class FrontConnection(asyncio.Protocol):
                     except Exception:  # _serve answers every error; this would be a bug's
                         server_logger.exception("serving a connection from %s failed",
                                                 self._remote)
-                        self.abort()
+                        self._close = True
+                        self.reply.abort()
                         return
                     continue
                 if self._lost or self._handed or self._close:
@@ -510,10 +652,11 @@ class FrontConnection(asyncio.Protocol):
 
     async def _serve(self, request: FrontRequest) -> None:
         server = self._server
+        reply = self.reply
         answer: web.Response | None = None
         try:
             try:
-                answer = await server.proxy.serve(request, self)
+                answer = await server.proxy.serve(request, reply)
             except ProblemError as exc:
                 answer = problem_response(exc, request)
             except ConnectionResetError:
@@ -525,38 +668,44 @@ class FrontConnection(asyncio.Protocol):
                     500, "Internal Server Error",
                     "the gateway failed to handle this request; see its log"))
             if answer is not None:
-                if self._started:
-                    self.abort()  # part of another answer is out: it cannot be completed
+                if reply.state != NOT_STARTED:
+                    reply.abort()  # part of another answer is out: it cannot be completed
                 else:
-                    await self._send_response(answer)
+                    await reply.send_response(answer)
         except ConnectionResetError:
             pass
         except asyncio.CancelledError:
-            self.abort()  # cut (its endpoint was removed, or the stop's deadline passed)
+            reply.abort()  # cut (its endpoint was removed, or the stop's deadline passed)
             raise
         finally:
             hook = server.hook
             if hook is not None:
                 started = request.get("started")
-                hook.finished(request.remote, request.method, request.path, self._status,
-                              self._sent_bytes,
+                hook.finished(request.remote, request.method, request.path, reply.status,
+                              reply.sent_bytes,
                               time.perf_counter() - started if started else 0.0,
                               request.get("endpoint"), request.get("target"),
                               request.get("request_id") or "-", request.get("upstream_error"))
             self._answered()
 
     def _answered(self) -> None:
+        reply = self.reply
         self._request = None
         self._served += 1
         self._since = self._loop.time()  # idle from now
+        if not reply.keep_alive:  # it said Connection: close, or it was cut
+            self._close = True
         transport = self.transport
         if transport is None or self._lost:
             return
-        if self._started and not self._finished:
+        state = reply.state
+        if state == HEAD_SENT:
             # Cut short (the request was cancelled, or its answer broke off): the client
             # cannot tell where this answer would have ended, so the connection goes.
-            self.abort()
+            reply.abort()
             return
+        if state == ABORTED:
+            return  # the transport is gone
         if self._in_body:  # the body was not read to its end: the next request cannot be found
             self._close = True
         if self._close:
@@ -569,98 +718,6 @@ class FrontConnection(asyncio.Protocol):
         if self._reading_paused:
             self.resume_reading()
         self._next()
-
-    async def _send_response(self, response: web.Response) -> None:
-        body = response.body
-        headers = [(k.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
-                   for k, v in response.headers.items()]
-        await self.whole(response.status, response.reason, headers,
-                         body if isinstance(body, bytes) else b"")
-
-    def _head(self, status: int, reason: str, headers: Headers, length: int | None,
-              close: bool) -> bytes:
-        """The answer's head (``orchd.http1.answer_head``); the connection's state follows
-        it: chunked or not, kept open or not."""
-        request = self._request
-        assert request is not None
-        self._started = True
-        may_keep = (request.keep_alive and not close and not self._close and not self._in_body
-                    and not self._server.state.stopping)
-        head, chunked, keep = answer_head(request.version, request.method == "HEAD", status,
-                                          reason, headers, length, may_keep)
-        if not head:  # a CR, LF or NUL in a header or the reason: never written
-            safe, dropped = split_unsafe(headers)
-            for name in dropped:
-                server_logger.warning("dropped the answer header %s: its name or value holds "
-                                      "CR, LF or NUL", escape_controls(name.decode("latin-1")))
-            head, chunked, keep = answer_head(request.version, request.method == "HEAD",
-                                              status, "", safe, length, may_keep)
-        self._chunked = chunked
-        self._close = not keep
-        self._status = status
-        return head
-
-    # The proxy's Reply (orchd.proxy.Reply).
-
-    async def whole(self, status: int, reason: str, headers: Headers, body: Body, *,
-                    close: bool = False) -> None:
-        transport = self._writable()
-        head = self._head(status, reason, headers, len(body), close)
-        request = self._request
-        if body and request is not None and request.method != "HEAD" and status not in (
-                204, 304):
-            if len(body) < 4096:
-                transport.write(head + body)
-            else:  # one vectored write, no copy of the body
-                transport.writelines((head, body))
-            self._sent_bytes = len(body)
-        else:
-            transport.write(head)
-        self._finished = True
-        if self._write_paused:
-            await self._drained()
-
-    async def start(self, status: int, reason: str, headers: Headers, *,
-                    close: bool = False) -> None:
-        self._writable().write(self._head(status, reason, headers, None, close))
-
-    async def write(self, chunk: Body) -> None:
-        transport = self._writable()
-        if not chunk:
-            return
-        if self._chunked:
-            transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
-        else:
-            transport.write(chunk)
-        self._sent_bytes += len(chunk)
-        if self._write_paused:
-            await self._drained()
-
-    async def finish(self) -> None:
-        if self._chunked:
-            self._writable().write(b"0\r\n\r\n")
-        self._finished = True
-        if self._write_paused:
-            await self._drained()
-
-    def abort(self) -> None:
-        transport = self.transport
-        if transport is not None:
-            self._close = True
-            transport.abort()
-
-    def _writable(self) -> asyncio.Transport:
-        transport = self.transport
-        if transport is None or self._lost or transport.is_closing():
-            raise ConnectionResetError("the client went away")
-        return transport
-
-    async def _drained(self) -> None:
-        if self._lost:
-            raise ConnectionResetError("the client went away")
-        if self._drain is None:
-            self._drain = self._loop.create_future()
-        await self._drain
 
     # -- deadlines
 

@@ -1,14 +1,16 @@
 """The public port's edge driven in process: a fake transport, the real event loop, tiny
 limits (as uvicorn's tests/protocols/test_http.py). ``FrontConnection`` (orchd/front.py)
-serves proxied paths itself and hands every other request, with its connection, to
-aiohttp's ``GuardedHandler`` (orchd/aiohttp_server.py); the edge rules (orchd/edge_rules.py)
-are run against both listeners by sending the same bytes to a proxied and an admin path."""
+serves proxied paths itself, answering through its ``FrontReply``, and hands every other
+request, with its connection, to aiohttp's ``GuardedHandler`` (orchd/aiohttp_server.py); the
+edge rules (orchd/edge_rules.py) are run against both listeners by sending the same bytes to a
+proxied and an admin path."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from typing import Any
 
@@ -17,7 +19,7 @@ from aiohttp import web
 
 import orchd.front
 from orchd.errors import ProblemError
-from orchd.front import FrontConnection, FrontServer
+from orchd.front import ABORTED, FINISHED, HEAD_SENT, FrontConnection, FrontServer
 from orchd.model import ServerSettings
 
 # A compiled FrontServer takes only a real orchd.proxy.Proxy; these tests give it a fake one.
@@ -106,13 +108,18 @@ class FakeProxy:
         self.state = FakeState()
         self.seen: list[tuple[str, str, bytes]] = []
         self.gate: asyncio.Event | None = None  # set: the answer waits for it
+        self.answer: Callable[[Any], Awaitable[web.Response | None]] | None = None  # not whole
+        self.states: list[int] = []  # the reply's state when each answer was written
 
     async def serve(self, request: Any, reply: Any) -> web.Response | None:
         body = await request.content.read() if request.body_exists else b""
         self.seen.append((request.method, request.raw_path, body))
         if self.gate is not None:
             await self.gate.wait()
+        if self.answer is not None:
+            return await self.answer(reply)
         await reply.whole(200, "", [(b"Content-Type", b"text/plain")], b"proxied:" + body)
+        self.states.append(reply.state)
         return None
 
 
@@ -205,6 +212,75 @@ async def test_following_requests_pause_reading_until_the_answer(server: FrontSe
     assert not tr.reading  # the pipelined bytes wait for the current answer
     proxy.gate.set()
     await _until(lambda: tr.reading)
+
+
+async def test_one_reply_per_connection_reset_for_each_request(server: FrontServer) -> None:
+    proxy: FakeProxy = server.proxy  # type: ignore[assignment]
+    conn, tr = _connect(server)
+    reply = conn.reply
+    conn.data_received(_get(PROXIED) + f"HEAD {PROXIED} HTTP/1.1\r\nHost: gw\r\n\r\n".encode())
+    await _until(lambda: len(tr.answers()) == 2)
+    assert conn.reply is reply and proxy.states == [FINISHED, FINISHED]
+    assert (reply.status, reply.sent_bytes, reply.keep_alive) == (200, 0, True)  # the HEAD's
+    assert not tr.out.endswith(b"proxied:")  # no body after a HEAD's head
+    conn.data_received(_get(PROXIED, "Connection: close\r\n"))
+    await _until(lambda: tr.closed)
+    assert reply.state == FINISHED and not reply.keep_alive and not tr.aborted
+
+
+async def test_a_streamed_answer_is_chunked_and_keeps_the_connection(
+        server: FrontServer) -> None:
+    proxy: FakeProxy = server.proxy  # type: ignore[assignment]
+
+    async def stream(reply: Any) -> None:
+        await reply.start(200, "", [])
+        proxy.states.append(reply.state)
+        await reply.write(b"abc")
+        await reply.write(b"")
+        await reply.finish()
+        proxy.states.append(reply.state)
+
+    proxy.answer = stream
+    conn, tr = _connect(server)
+    conn.data_received(_get(PROXIED) + _get(PROXIED))
+    await _until(lambda: len(tr.answers()) == 2 and tr.out.endswith(b"0\r\n\r\n"))
+    assert proxy.states == [HEAD_SENT, FINISHED] * 2
+    assert bytes(tr.out).count(b"3\r\nabc\r\n0\r\n\r\n") == 2
+    assert conn.reply.sent_bytes == 3 and not tr.closed
+
+
+@pytest.mark.parametrize("after_start", ["nothing", "problem"])
+async def test_an_answer_cut_short_cuts_the_connection(server: FrontServer,
+                                                       after_start: str) -> None:
+    proxy: FakeProxy = server.proxy  # type: ignore[assignment]
+
+    async def cut(reply: Any) -> web.Response | None:
+        await reply.start(200, "", [(b"Content-Length", b"10")])
+        await reply.write(b"abc")
+        if after_start == "problem":  # too late for it: the head is out
+            raise ProblemError(502, "Bad Gateway", "the upstream broke")
+        return None
+
+    proxy.answer = cut
+    conn, tr = _connect(server)
+    conn.data_received(_get(PROXIED) + _get(PROXIED))
+    await _until(lambda: tr.aborted)
+    assert len(tr.answers()) == 1 and len(proxy.seen) == 1  # the next request is not served
+    assert conn.reply.state == ABORTED and conn.reply.status == 200
+
+
+async def test_a_problem_before_any_answer_is_written_whole(server: FrontServer) -> None:
+    proxy: FakeProxy = server.proxy  # type: ignore[assignment]
+
+    async def problem(reply: Any) -> web.Response | None:
+        raise ProblemError(503, "Service Unavailable", "no target")
+
+    proxy.answer = problem
+    conn, tr = _connect(server)
+    conn.data_received(_get(PROXIED) + _get(PROXIED))
+    await _until(lambda: len(tr.answers()) == 2)
+    assert [s for s, _ in tr.answers()] == [503, 503]
+    assert conn.reply.state == FINISHED and conn.reply.status == 503 and not tr.closed
 
 
 async def test_a_client_that_reads_nothing_is_cut_after_send_timeout(
