@@ -3,9 +3,11 @@
 A request on the public port meets, in this order:
 
 =====================  ==================================================================
-``orchd.front``        the own HTTP/1.1 listener: the connection protocol (parser
-                       callbacks, buffer, one worker task, hand-off to aiohttp) and the
-                       answer writer (the proxy's ``Reply``) for ``/orchestrator/`` requests
+``orchd.front``        the own HTTP/1.1 listener, for ``/orchestrator/`` requests: the
+                       connection protocol (``FrontConnection``: parser callbacks, buffer,
+                       one worker task, deadlines, hand-off to aiohttp) and the answer to
+                       one request (``FrontReply``, the proxy's ``Reply``: its state, not
+                       started → head sent → finished or aborted, and its writes)
 ``orchd.http1``        pure framing: where a head and a chunked body end, request lines
                        and targets refused although they parse, ``Host`` syntax, the
                        answer's head
@@ -20,7 +22,9 @@ A request on the public port meets, in this order:
 =====================  ==================================================================
 
 Dependencies run one way: ``edge`` → ``front`` → ``aiohttp_server`` → ``edge_rules`` →
-``http1`` and ``aiohttp_edge``.
+``http1`` and ``aiohttp_edge``. Behind the edge, both listeners hand a proxied request to
+``orchd.proxy`` (``Proxy.serve``, with a ``Reply``: ``FrontReply``, or aiohttp's response
+for the connections aiohttp serves), which forwards it through ``orchd.upstream``.
 """
 
 from __future__ import annotations
