@@ -21,6 +21,7 @@ import hashlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,12 +33,14 @@ from orchd.model import Config, EndpointSpec, ServerSettings
 from orchd.state import GatewayState
 from orchd.store import AdminRecord, Record, StoreEvent
 from orchd.target import ACTIVE, ADMIN_STATES, DRAINING
+from orchd.tls import key_path, restart_keys
 
 __all__ = (
     "ChangeConsumer",
     "Heartbeat",
     "Register",
     "Reload",
+    "ReloadCertificates",
     "Remove",
     "Replace",
     "SetStatus",
@@ -90,12 +93,19 @@ class Reload:
 
 
 @dataclass(frozen=True, slots=True)
+class ReloadCertificates:
+    """Reread the public port's certificate and key files (they changed on disk)."""
+
+    trigger: str
+
+
+@dataclass(frozen=True, slots=True)
 class SyncFromStore:
     event: StoreEvent
 
 
 Change = (Register | Replace | Remove | SetStatus | SetTargetState | Heartbeat | Reload
-          | SyncFromStore)
+          | ReloadCertificates | SyncFromStore)
 
 
 def _not_found(name: str) -> ProblemError:
@@ -119,6 +129,9 @@ class ChangeConsumer:
         self.file_server: ServerSettings | None = None  # its server block, for restart keys
         self.frozen: str | None = None  # why changes are refused for now (a restart)
         self.log_level_override: str | None = None  # set by a flag or LOG_LEVEL at start
+        # Told the certificate files after a reload changed their list (the daemon's
+        # watcher follows them).
+        self.certificate_files_changed: Callable[[list[str]], None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="orchd-changes")
@@ -195,6 +208,8 @@ class ChangeConsumer:
                 return await self._heartbeat(name)
             case Reload(trigger):
                 return await self.reload(trigger)
+            case ReloadCertificates(trigger):
+                return await self.reload_certificates(trigger)
             case SyncFromStore(event):
                 return self._sync(event)
         raise AssertionError(change)
@@ -430,9 +445,12 @@ class ChangeConsumer:
         running = state.config.server
         restart = [f"server.{k}" for k in running.RESTART_KEYS
                    if getattr(config.server, k) != getattr(started, k)]
+        restart += restart_keys(running.tls, config.server.tls)
         if config.registry != state.config.registry:  # the store is opened once, at start
             restart.append("registry")
-        kept = {k: getattr(running, k) for k in running.RESTART_KEYS}
+        kept: dict[str, Any] = {k: getattr(running, k) for k in running.RESTART_KEYS}
+        kept["tls"] = running.tls if running.tls is None or config.server.tls is None else \
+            replace(running.tls, certificates=config.server.tls.certificates)
         config = replace(config, server=replace(config.server, **kept),
                          registry=state.config.registry)
         if self.log_level_override is not None:  # --log-level / LOG_LEVEL win over the file
@@ -441,9 +459,10 @@ class ChangeConsumer:
         state.config = config
         state.health.configure(config.health_check)
         logging.getLogger("orchd").setLevel(config.log_level)
-        status.ok = True
-        status.error = None
-        status.errors = []
+        tls_errors = await self._reload_tls(config)
+        status.ok = not tls_errors
+        status.error = tls_errors[0]["message"] if tls_errors else None
+        status.errors = tls_errors
         status.diff = diff.as_dict()
         status.restart_required = restart
         status.last_success_at = now
@@ -452,10 +471,55 @@ class ChangeConsumer:
                                   "(orchctl restart)", ", ".join(restart))
         config_logger.info("reload (%s): %d added, %d changed, %d removed", trigger,
                            len(diff.added), len(diff.changed), len(diff.removed))
-        state.bus.publish("reload", ok=True, trigger=trigger, **diff.as_dict(),
-                          restart_required=restart)
-        return {"ok": True, **diff.as_dict(), "restart_required": restart,
-                "warnings": list(config.warnings)}
+        state.bus.publish("reload", ok=status.ok, trigger=trigger, **diff.as_dict(),
+                          restart_required=restart, error=status.error)
+        out = {"ok": status.ok, **diff.as_dict(), "restart_required": restart,
+               "warnings": list(config.warnings)}
+        if tls_errors:
+            out.update(error=status.error, errors=tls_errors)
+        return out
+
+    async def _reload_tls(self, config: Config) -> list[dict[str, Any]]:
+        """Reread the certificates (off the loop: file reads and key checks); the errors,
+        as ``last_reload.errors`` shows them. A pair that fails keeps its previous version."""
+        edge = self.state.tls
+        tls = config.server.tls
+        if edge is None or tls is None:
+            return []
+        before = edge.files()
+        failed = await asyncio.to_thread(edge.reload, tls)
+        if edge.files() != before and self.certificate_files_changed is not None:
+            self.certificate_files_changed(edge.files())
+        for exc in failed:
+            config_logger.error("certificate not reloaded, the previous one stays in use: %s",
+                                exc)
+        return [{"path": key_path(tls, exc.file),
+                 "message": f"{exc}; the previous certificate stays in use", "file": exc.file}
+                for exc in failed]
+
+    async def reload_certificates(self, trigger: str) -> dict[str, Any]:
+        """Reread the certificate files alone (the watcher saw them change): reported in
+        ``last_reload`` and on ``/events`` as a reload is."""
+        state = self.state
+        status = state.last_reload
+        now = time.time()
+        status.count += 1
+        status.at = now
+        status.trigger = trigger
+        errors = await self._reload_tls(state.config)
+        status.ok = not errors
+        status.error = errors[0]["message"] if errors else None
+        status.errors = errors
+        status.diff = None
+        if errors:
+            status.failures += 1
+        else:
+            status.last_success_at = now
+            config_logger.info("certificates reloaded (%s)", trigger)
+        state.bus.publish("reload", ok=status.ok, trigger=trigger, error=status.error,
+                          certificates=[f.as_dict(now) for f in state.tls.facts]
+                          if state.tls else [])
+        return {"ok": status.ok, "error": status.error, "errors": errors}
 
 
 def file_digest(path: str | os.PathLike[str]) -> str | None:

@@ -46,13 +46,15 @@ from orchd.log import access_logger, registry_logger, server_logger
 from orchd.metrics import Metrics
 from orchd.model import Config, ServerSettings
 from orchd.proxy import Proxy
+from orchd.redirect import redirect_app
 from orchd.registry import Registry
 from orchd.resolver import CheckedResolver
-from orchd.sources import ConfigWatcher
+from orchd.sources import CertificateWatcher, ConfigWatcher
 from orchd.state import GatewayState
 from orchd.store import Store
 from orchd.store.file import FileStore
 from orchd.target import TargetPool
+from orchd.tls import TlsEdge, TlsError, is_loopback
 from orchd.traffic import ACCESS_LINES, RequestHook
 
 __all__ = ("Daemon", "StartupError")
@@ -111,6 +113,8 @@ class Daemon:
         self._control_runner: web.BaseRunner | None = None
         self._socket_path: Path | None = None
         self._watcher: ConfigWatcher | None = None
+        self._cert_watcher: CertificateWatcher | None = None
+        self._redirect_runner: web.BaseRunner | None = None
         self._store_task: asyncio.Task[None] | None = None
         self._force = asyncio.Event()  # a second stop signal: stop waiting for requests
         self._inherited = handover.Inherited()
@@ -137,6 +141,10 @@ class Daemon:
             stored = await store.load()
         except StoreError as exc:
             raise StartupError(str(exc)) from None
+        try:  # the certificates were checked with the file: this fails only in a race
+            tls = TlsEdge(self.boot.tls) if self.boot.tls is not None else None
+        except TlsError as exc:
+            raise StartupError(f"server.tls: {exc}") from None
         bus = EventBus()
         pool = TargetPool(bus)
         registry = Registry(pool, bus, config.circuit_breaker)
@@ -144,7 +152,7 @@ class Daemon:
                              config_path=self.config_path, bus=bus, pool=pool,
                              registry=registry, store=store,
                              health=HealthChecker(config.health_check, bus),
-                             own_addresses=((self.boot.host, self.boot.port),))
+                             own_addresses=((self.boot.host, self.boot.port),), tls=tls)
         registry.set_config_endpoints(config.endpoints, config.circuit_breaker)
         for name, record in stored.endpoints.items():
             try:
@@ -174,6 +182,12 @@ class Daemon:
         if not config.server.admin_token:
             server_logger.warning("no server.admin_token is set: admin calls on TCP are "
                                   "accepted from loopback clients only")
+        if self.boot.tls is None and config.server.admin_token \
+                and not is_loopback(self.boot.host):
+            server_logger.warning(
+                "server.admin_token is set and orchd listens on %s without server.tls: the "
+                "token crosses the network in clear; serve HTTPS (server.tls) or keep admin "
+                "calls on the control socket", self.boot.host)
         return state
 
     async def _serve(self, state: GatewayState, changes: ChangeConsumer) -> None:
@@ -221,26 +235,32 @@ class Daemon:
         self._inherited = handover.Inherited.from_environ()
         inherited = (self._inherited.public_for(self.boot.host, self.boot.port)
                      or systemd.listen_sockets())
+        # TLS is per connection: an inherited listening socket serves HTTPS as well.
+        tls = state.tls.listener if state.tls is not None else None
+        scheme = "https" if tls is not None else "http"
         if inherited:
             for sock in inherited:
-                await web.SockSite(public_runner, sock).start()
-                server_logger.info("serving on inherited socket %s", sock.getsockname())
+                await web.SockSite(public_runner, sock, ssl_context=tls).start()
+                server_logger.info("serving %s on inherited socket %s", scheme,
+                                   sock.getsockname())
         else:
             site = web.TCPSite(public_runner, self.boot.host, self.boot.port, backlog=1024,
-                               reuse_port=self.boot.reuse_port or None)
+                               reuse_port=self.boot.reuse_port or None, ssl_context=tls)
             try:
                 await site.start()
             except OSError as exc:
                 raise StartupError(
                     f"cannot listen on {self.boot.host}:{self.boot.port}: {exc.strerror}"
                 ) from None
-            server_logger.info("listening on http://%s:%s%s", self.boot.host, self.boot.port,
+            server_logger.info("listening on %s://%s:%s%s", scheme, self.boot.host,
+                               self.boot.port,
                                " (shared: reuse_port)" if self.boot.reuse_port else "")
             if self.boot.reuse_port and not state.store.shared:
                 server_logger.warning(
                     "server.reuse_port with the file store: registrations made through this "
                     "process's API are not seen by the others on the port (use "
                     "registry.store: etcd to share them)")
+        await self._open_redirect(state)
         # What it really listens on (inherited and ephemeral sockets included): an endpoint
         # may not point there.
         state.own_addresses = tuple(dict.fromkeys((
@@ -275,6 +295,10 @@ class Daemon:
                 state.watching = True
             except OSError as exc:
                 server_logger.warning("not watching %s: %s", self.config_path, exc)
+        if state.tls is not None:
+            self._watch_certificates(state.tls.files(), changes)
+            changes.certificate_files_changed = lambda files: self._watch_certificates(
+                files, changes)
 
         loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
@@ -292,6 +316,44 @@ class Daemon:
         handover.adopted()
         server_logger.info("orchd %s ready (pid %d, %d endpoints)", __version__, os.getpid(),
                            len(state.registry.snapshot.routes))
+
+    async def _open_redirect(self, state: GatewayState) -> None:
+        """``server.redirect_http_port``: the plain listener that sends clients to https."""
+        port = self.boot.redirect_http_port
+        inherited = self._inherited.redirect_for(self.boot.host, port)
+        if port is None or state.tls is None:
+            return
+        runner = web.AppRunner(redirect_app(self.boot.port), handle_signals=False,
+                               shutdown_timeout=1.0, access_log=None)
+        await runner.setup()
+        self._runners.append(runner)
+        self._redirect_runner = runner
+        if inherited:
+            for sock in inherited:
+                await web.SockSite(runner, sock).start()
+        else:
+            try:
+                await web.TCPSite(runner, self.boot.host, port, backlog=1024).start()
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {self.boot.host}:{port} "
+                                   f"(server.redirect_http_port): {exc.strerror}") from None
+        server_logger.info("redirecting http://%s:%s to https", self.boot.host, port)
+
+    def _watch_certificates(self, files: list[str], changes: ChangeConsumer) -> None:
+        """(Re)start the certificate files' watcher (the list changes with a reload)."""
+        if self._cert_watcher is not None:
+            if sorted(map(str, self._cert_watcher.paths)) == sorted(
+                    os.path.abspath(f) for f in files):
+                return
+            self._cert_watcher.stop()
+            self._cert_watcher = None
+        try:
+            watcher = CertificateWatcher(files, changes)
+            watcher.start()
+        except OSError as exc:
+            server_logger.warning("not watching the certificate files: %s", exc)
+            return
+        self._cert_watcher = watcher
 
     async def _open_socket(self, runner: web.AppRunner, path: Path) -> None:
         parent = path.parent
@@ -371,9 +433,10 @@ class Daemon:
     # -- handover (orchd.handover)
 
     def _listening_fds(self) -> dict[str, list[int]]:
-        fds: dict[str, list[int]] = {"public": [], "control": []}
+        fds: dict[str, list[int]] = {"public": [], "control": [], "redirect": []}
         for runner in self._runners:
-            role = "control" if runner is self._control_runner else "public"
+            role = ("control" if runner is self._control_runner else
+                    "redirect" if runner is self._redirect_runner else "public")
             fds[role].extend(handover.listening_fds(runner))
         return fds
 
@@ -399,6 +462,8 @@ class Daemon:
         server_logger.info("stopping: draining in-flight requests (up to %gs)", timeout)
         if self._watcher is not None:
             self._watcher.stop()
+        if self._cert_watcher is not None:
+            self._cert_watcher.stop()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2):
             loop.remove_signal_handler(sig)

@@ -85,6 +85,7 @@ ENV_HEALTH = "ORCHD_HANDOVER_HEALTH"  # a descriptor: the targets' health, as JS
 READY_TIMEOUT = 60.0
 PUBLIC = "public"
 CONTROL = "control"
+REDIRECT = "redirect"  # server.redirect_http_port's plain listener
 
 
 def listening_fds(runner: web.BaseRunner) -> list[int]:
@@ -106,6 +107,7 @@ class Inherited:
 
     public: list[socket.socket] = field(default_factory=list)
     control: list[socket.socket] = field(default_factory=list)
+    redirect: list[socket.socket] = field(default_factory=list)
 
     @classmethod
     def from_environ(cls, environ: MutableMapping[str, str] | None = None) -> Inherited:
@@ -121,19 +123,32 @@ class Inherited:
             except (ValueError, OSError) as exc:
                 server_logger.warning("%s: ignoring %r: %s", ENV_FDS, item, exc)
                 continue
-            (out.control if role == CONTROL else out.public).append(sock)
+            {CONTROL: out.control, REDIRECT: out.redirect}.get(role, out.public).append(sock)
         return out
 
     @property
     def active(self) -> bool:
-        return bool(self.public or self.control)
+        return bool(self.public or self.control or self.redirect)
 
     def public_for(self, host: str, port: int) -> list[socket.socket]:
         """The inherited TCP sockets, if they listen where this process is configured to."""
-        if not self.public:
+        socks, self.public = self.public, []
+        return self._tcp_for(socks, host, port)
+
+    def redirect_for(self, host: str, port: int | None) -> list[socket.socket]:
+        """The inherited redirect listener's sockets, if it still listens there."""
+        socks, self.redirect = self.redirect, []
+        if port is None:
+            for sock in socks:
+                sock.close()
+            return []
+        return self._tcp_for(socks, host, port)
+
+    @staticmethod
+    def _tcp_for(socks: list[socket.socket], host: str, port: int) -> list[socket.socket]:
+        if not socks:
             return []
         wanted = _addresses(host, port)
-        socks, self.public = self.public, []
         names = [s.getsockname() for s in socks]
         if all(_matches(name, wanted, port) for name in names):
             return socks

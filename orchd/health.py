@@ -23,10 +23,11 @@ from yarl import URL
 from orchd.events import EventBus
 from orchd.log import health_logger
 from orchd.looplag import LoopLag
-from orchd.model import HealthSettings
+from orchd.model import HealthSettings, UpstreamTls
 from orchd.resolver import CheckedResolver
 from orchd.router import Route, RoutingTable
 from orchd.target import HEALTHY, UNHEALTHY, UNKNOWN, Target
+from orchd.tls import TlsError, client_server_name, client_ssl
 
 __all__ = ("HealthChecker", "probe_url")
 
@@ -41,7 +42,7 @@ def probe_url(target: Target, path: str | None) -> URL:
     return URL(f"{base}/{path}", encoded=True)
 
 
-ProbeKey = tuple[str, HealthSettings]
+ProbeKey = tuple[str, HealthSettings, UpstreamTls | None]
 
 
 class HealthChecker:
@@ -123,7 +124,7 @@ class HealthChecker:
             for route in snapshot.routes.values():
                 for target in route.targets:
                     wanted[target] = (str(probe_url(target, route.spec.health_check_path)),
-                                      settings)
+                                      settings, route.spec.tls)
         for target, (key, task) in list(self._tasks.items()):
             if wanted.get(target) != key:
                 task.cancel()
@@ -139,7 +140,7 @@ class HealthChecker:
                     self._set(target, UNKNOWN, "health checks are disabled")
 
     async def _loop(self, target: Target, key: ProbeKey) -> None:
-        url, settings = key
+        url, settings, tls = key
         if target.last_check_time is not None:
             # Checked before (by this process, or by the one it took over from): keep the
             # rhythm instead of probing again at once.
@@ -149,7 +150,7 @@ class HealthChecker:
             await asyncio.sleep(random.uniform(0, min(settings.interval, 5.0)))
         while True:
             started = time.monotonic()
-            await self.probe(target, URL(url, encoded=True), settings)
+            await self.probe(target, URL(url, encoded=True), settings, tls)
             elapsed = time.monotonic() - started
             await asyncio.sleep(max(0.0, settings.interval - elapsed))
 
@@ -157,11 +158,12 @@ class HealthChecker:
         """Probe every target of a route now (``POST /health/check/{id}``)."""
         settings = self.settings
         urls = [probe_url(t, route.spec.health_check_path) for t in route.targets]
-        await asyncio.gather(*(self.probe(t, u, settings)
+        await asyncio.gather(*(self.probe(t, u, settings, route.spec.tls)
                                for t, u in zip(route.targets, urls, strict=True)))
         return [t.as_dict() for t in route.targets]
 
-    async def probe(self, target: Target, url: URL, settings: HealthSettings) -> bool:
+    async def probe(self, target: Target, url: URL, settings: HealthSettings,
+                    tls: UpstreamTls | None = None) -> bool:
         assert self._session is not None, "HealthChecker.start() was not called"
         error: str | None = None
         started = time.perf_counter()
@@ -170,18 +172,24 @@ class HealthChecker:
                 async with self._session.get(
                     url, allow_redirects=False,
                     timeout=aiohttp.ClientTimeout(total=settings.timeout),
+                    ssl=client_ssl(tls), server_hostname=client_server_name(tls),
                 ) as resp:
                     await resp.read()
                     if not 200 <= resp.status < 400:
                         error = f"HTTP {resp.status}"
             except TimeoutError:
                 error = f"timed out after {settings.timeout:g}s"
+            except (aiohttp.ClientConnectorCertificateError,
+                    aiohttp.ClientConnectorSSLError) as exc:
+                error = f"tls error: {exc}"
             except aiohttp.ClientConnectorError as exc:
                 err = exc.os_error
                 why = os.strerror(err.errno) if err.errno else (err.strerror or str(err))
                 error = f"connect error: {why}"
             except (aiohttp.ClientError, OSError) as exc:
                 error = f"{type(exc).__name__}: {exc}"
+            except TlsError as exc:  # a file of the endpoint's tls block is gone
+                error = f"tls: {exc}"
         self.probes += 1
         target.response_time = round(time.perf_counter() - started, 6)
         target.last_check_time = time.time()

@@ -9,7 +9,7 @@ import json
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,8 +22,9 @@ from yarl import URL
 
 from orchd.errors import ConfigError, FieldError
 from orchd.log import escape_controls
-from orchd.model import Config, EndpointSpec
+from orchd.model import Config, EndpointSpec, ServerTls, UpstreamTls
 from orchd.schema import SCHEMA_NAMES, load_schema
+from orchd.tls import pair_problem, upstream_problems
 from orchd.upstream_policy import UpstreamPolicy
 
 __all__ = (
@@ -376,6 +377,71 @@ def _upstream_policy_errors(data: dict[str, Any], doc: Document) -> list[FieldEr
     return out
 
 
+def _server_tls_errors(server: Mapping[str, Any], doc: Document) -> list[FieldError]:
+    """``server.tls`` beyond its schema: client_auth needs a CA, and every file loads."""
+    tls = server.get("tls")
+    if not tls:
+        if server.get("redirect_http_port") is not None:
+            where: PathTuple = ("server", "redirect_http_port")
+            return [FieldError(format_path(where), "needs server.tls (it redirects to https)",
+                               doc.line_of(where))]
+        return []
+    if tls.get("client_auth", "none") != "none" and not tls.get("client_ca_file"):
+        where = ("server", "tls", "client_auth")
+        return [FieldError(format_path(where),
+                           f"{tls['client_auth']!r} needs client_ca_file (the CA that signs "
+                           "client certificates)", doc.line_of(where))]
+    settings = ServerTls.from_dict(tls)
+    out: list[FieldError] = []
+    plain = replace(settings, client_ca_file=None, client_auth="none")
+    for i, pair in enumerate(settings.certificates):
+        problem = pair_problem(pair, plain)
+        if problem is not None:
+            key = "key_file" if problem.file == pair.key_file else "cert_file"
+            where = ("server", "tls", "certificates", i, key)
+            out.append(FieldError(format_path(where), str(problem), doc.line_of(where)))
+    if settings.client_ca_file is not None and not out:
+        problem = pair_problem(settings.certificates[0], settings)
+        if problem is not None:
+            where = ("server", "tls", "client_ca_file")
+            out.append(FieldError(format_path(where), str(problem), doc.line_of(where)))
+    return out
+
+
+def _endpoint_tls_errors(endpoint: Mapping[str, Any], doc: Document,
+                         prefix: PathTuple) -> list[FieldError]:
+    """An endpoint's ``tls``: cert_file and key_file go together, and every file loads."""
+    tls = endpoint.get("tls")
+    if not isinstance(tls, Mapping):
+        return []
+    where: PathTuple = (*prefix, "tls")
+    if (tls.get("cert_file") is None) != (tls.get("key_file") is None):
+        missing = "key_file" if tls.get("key_file") is None else "cert_file"
+        return [FieldError(format_path((*where, missing)),
+                           "is needed too: cert_file and key_file go together (the client "
+                           "certificate and its key)", doc.line_of(where))]
+    return [FieldError(format_path((*where, key)), str(problem), doc.line_of((*where, key)))
+            for key, problem in upstream_problems(UpstreamTls.from_dict(tls))]
+
+
+def _tls_warnings(data: Mapping[str, Any], doc: Document) -> list[str]:
+    out = []
+    for i, ep in enumerate(data.get("endpoints") or ()):
+        if (ep.get("tls") or {}).get("verify") is False:
+            where = ("endpoints", i, "tls", "verify")
+            out.append(f"{format_path(where)} (line {doc.line_of(where)}): false: the "
+                       "upstream's certificate is not verified, so anyone on the path can "
+                       "read and change the traffic")
+    return out
+
+
+def _tls_errors(data: Mapping[str, Any], doc: Document) -> list[FieldError]:
+    out = _server_tls_errors(data.get("server") or {}, doc)
+    for i, ep in enumerate(data.get("endpoints") or ()):
+        out += _endpoint_tls_errors(ep, doc, ("endpoints", i))
+    return out
+
+
 def parse_config(text: str, path: str | None = None,
                  env: Mapping[str, str] | None = None, *, expand_env: bool = True,
                  show_env_values: bool = False) -> Config:
@@ -403,10 +469,12 @@ def parse_config(text: str, path: str | None = None,
         errors += _duplicate_names(endpoints, doc)
     if not errors:
         errors += _upstream_policy_errors(data, doc)
+        errors += _tls_errors(data, doc)
     if errors:
         raise ConfigError(errors, path)
     return Config.from_dict(data, path=path,
-                            warnings=(*doc.notes, *_warnings(data, doc)))
+                            warnings=(*doc.notes, *_warnings(data, doc),
+                                      *_tls_warnings(data, doc)))
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,
@@ -427,7 +495,7 @@ def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = No
 def validate_endpoint(data: Any, prefix: PathTuple = ()) -> EndpointSpec:
     """Validate one endpoint mapping (an API body's ``config``)."""
     doc = Document(data, {})
-    errors = _errors("endpoint", doc, prefix)
+    errors = _errors("endpoint", doc, prefix) or _endpoint_tls_errors(data, doc, prefix)
     if errors:
         raise ConfigError(errors)
     return EndpointSpec.from_dict(data)
@@ -435,7 +503,9 @@ def validate_endpoint(data: Any, prefix: PathTuple = ()) -> EndpointSpec:
 
 def validate_registration(body: Any) -> EndpointSpec:
     """Validate a ``{"config": {...}}`` registration body."""
-    errors = _errors("registration", Document(body, {}))
+    doc = Document(body, {})
+    errors = _errors("registration", doc) or _endpoint_tls_errors(body["config"], doc,
+                                                                   ("config",))
     if not errors:
         jwt = ((body["config"].get("auth") or {}).get("jwt") or {})
         if "secret" in jwt:

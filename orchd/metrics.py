@@ -227,6 +227,13 @@ class Metrics(Collector):
         for cap, n in caps.refused.items():
             refused.add_metric((cap,), n)
         yield refused
+        if state.tls is not None:
+            expiry = GaugeMetricFamily("orchd_tls_certificate_expiry_timestamp_seconds",
+                                       "Unix time the public port's certificate expires, "
+                                       "by certificate file.", labels=("file",))
+            for facts in state.tls.facts:
+                expiry.add_metric((facts.file,), facts.not_after)
+            yield expiry
         info = GaugeMetricFamily("orchd_build_info", "orchd's version; always 1.",
                                  labels=("version",))
         info.add_metric((__version__,), 1.0)

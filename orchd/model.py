@@ -17,6 +17,7 @@ __all__ = (
     "ApiKeySettings",
     "AuthSettings",
     "BreakerSettings",
+    "CertificatePair",
     "Config",
     "CorsSettings",
     "EndpointSpec",
@@ -26,12 +27,57 @@ __all__ = (
     "RateLimitSettings",
     "RegistrySettings",
     "ServerSettings",
+    "ServerTls",
+    "UpstreamTls",
 )
 
 _T = TypeVar("_T")
 
 DEFAULT_METHODS = ("GET",)
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
+
+
+@dataclass(frozen=True, slots=True)
+class CertificatePair:
+    cert_file: str
+    key_file: str
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTls:
+    """``server.tls``: HTTPS on the public port (orchd.tls serves it)."""
+
+    certificates: tuple[CertificatePair, ...]
+    min_version: str = "1.2"
+    client_ca_file: str | None = None
+    client_auth: str = "none"  # none | optional | required
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ServerTls:
+        return cls(
+            certificates=tuple(CertificatePair(str(c["cert_file"]), str(c["key_file"]))
+                               for c in data["certificates"]),
+            min_version=str(data.get("min_version", "1.2")),
+            client_ca_file=data.get("client_ca_file"),
+            client_auth=str(data.get("client_auth", "none")),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTls:
+    """An endpoint's ``tls``: how orchd speaks TLS to its https upstream."""
+
+    ca_file: str | None = None
+    verify: bool = True
+    server_name: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> UpstreamTls:
+        return cls(ca_file=data.get("ca_file"), verify=bool(data.get("verify", True)),
+                   server_name=data.get("server_name"), cert_file=data.get("cert_file"),
+                   key_file=data.get("key_file"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,9 +107,11 @@ class ServerSettings:
     max_url_length: int = 8192
     allowed_upstreams: tuple[str, ...] | None = None
     reuse_port: bool = False
+    tls: ServerTls | None = None  # its certificates reload; the rest needs a restart
+    redirect_http_port: int | None = None
 
     RESTART_KEYS = ("host", "port", "control_socket", "socket_group", "state_dir", "log_file",
-                    "metrics", "reuse_port")
+                    "metrics", "reuse_port", "redirect_http_port")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ServerSettings:
@@ -74,6 +122,7 @@ class ServerSettings:
             kwargs["control_socket"] = None
         if kwargs.get("allowed_upstreams") is not None:
             kwargs["allowed_upstreams"] = tuple(kwargs["allowed_upstreams"])
+        kwargs["tls"] = _optional(ServerTls.from_dict, kwargs.get("tls"))
         return cls(**kwargs)
 
     def __repr__(self) -> str:  # never show the token
@@ -296,6 +345,7 @@ class EndpointSpec:
     auth: AuthSettings | None = None
     rate_limit: RateLimitSettings | None = None
     cors: CorsSettings | None = None
+    tls: UpstreamTls | None = None
     document: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -317,6 +367,7 @@ class EndpointSpec:
             auth=_optional(AuthSettings.from_dict, data.get("auth")),
             rate_limit=_optional(RateLimitSettings.from_dict, data.get("rate_limit")),
             cors=_optional(CorsSettings.from_dict, data.get("cors")),
+            tls=_optional(UpstreamTls.from_dict, data.get("tls")),
             document=dict(data),
         )
 

@@ -29,6 +29,7 @@ from orchd.upstream_policy import UpstreamPolicy, policy_for
 if TYPE_CHECKING:
     from orchd.health import HealthChecker
     from orchd.store import Store
+    from orchd.tls import TlsEdge
 
 __all__ = ("STATE", "GatewayState", "ReloadStatus")
 
@@ -83,6 +84,7 @@ class GatewayState:
     streams: StreamCaps = field(init=False)  # /events and WebSockets: orchd.streams
     # The public listeners' (host, port): server.allowed_upstreams refuses them.
     own_addresses: tuple[tuple[str, int], ...] = ()
+    tls: TlsEdge | None = None  # the public port's certificates (server.tls)
 
     def __post_init__(self) -> None:
         self.streams = StreamCaps(lambda: self.config.server)

@@ -27,6 +27,8 @@ import httptools
 from yarl import URL
 
 from orchd.errors import UpstreamBroke, UpstreamConnectError
+from orchd.model import UpstreamTls
+from orchd.tls import TlsError, upstream_context
 
 __all__ = ("Body", "UpstreamBroke", "UpstreamConnectError", "UpstreamPool", "UpstreamResponse")
 
@@ -48,12 +50,12 @@ class _Origin:
     __slots__ = ("host", "host_header", "idle", "port", "server_hostname", "ssl")
 
     def __init__(self, scheme: str, host: str, port: int,
-                 ssl_context: ssl.SSLContext | None) -> None:
+                 ssl_context: ssl.SSLContext | None, server_name: str | None = None) -> None:
         self.host = host
         self.port = port
         tls = scheme == "https"
         self.ssl = ssl_context if tls else None
-        self.server_hostname = host if tls else None
+        self.server_hostname = (server_name or host) if tls else None
         default = 443 if tls else 80
         name = f"[{host}]" if ":" in host else host
         self.host_header = name if port == default else f"{name}:{port}"
@@ -475,8 +477,9 @@ class UpstreamPool:
         self.keepalive_timeout = keepalive_timeout
         self.max_idle = max_idle_per_origin
         self._ssl = ssl_context
-        self._origins: dict[tuple[str, str, int], _Origin] = {}
+        self._origins: dict[tuple[str, str, int, UpstreamTls | None], _Origin] = {}
         self._by_url: dict[str, _Origin] = {}
+        self._by_url_tls: dict[tuple[str, UpstreamTls], _Origin] = {}  # endpoints with tls
         self._last_sweep = time.monotonic()
         self._closed = False
         self._loop: asyncio.AbstractEventLoop | None = None  # the first request's
@@ -488,8 +491,11 @@ class UpstreamPool:
         self._deadlines: dict[_Connection, float] = {}
         self._watchdog: asyncio.TimerHandle | None = None
 
-    def origin_for(self, url: str) -> _Origin:
-        """The origin of an upstream base URL (``http://host:port/base``), cached by URL."""
+    def origin_for(self, url: str, tls: UpstreamTls | None = None) -> _Origin:
+        """The origin of an upstream base URL (``http://host:port/base``) reached with an
+        endpoint's ``tls`` settings, cached by both."""
+        if tls is not None:
+            return self._origin_for_tls(url, tls)
         origin = self._by_url.get(url)
         if origin is None:
             if len(self._by_url) > 4096:  # targets come and go with registrations
@@ -500,13 +506,37 @@ class UpstreamPool:
             origin = self._by_url[url] = self.origin(scheme, parsed.raw_host or "", port)
         return origin
 
-    def origin(self, scheme: str, host: str, port: int) -> _Origin:
-        key = (scheme, host, port)
+    def _origin_for_tls(self, url: str, tls: UpstreamTls) -> _Origin:
+        key = (url, tls)
+        origin = self._by_url_tls.get(key)
+        if origin is None:
+            if len(self._by_url_tls) > 4096:
+                self._by_url_tls.clear()
+            parsed = URL(url)
+            scheme = parsed.scheme
+            port = parsed.port or (443 if scheme == "https" else 80)
+            origin = self._by_url_tls[key] = self.origin(scheme, parsed.raw_host or "", port,
+                                                         tls)
+        return origin
+
+    def origin(self, scheme: str, host: str, port: int,
+               tls: UpstreamTls | None = None) -> _Origin:
+        """Origins are told apart by their TLS settings too: a connection made with one
+        endpoint's client certificate or trust anchors is never reused for another's."""
+        key = (scheme, host, port, tls)
         origin = self._origins.get(key)
         if origin is None:
-            if scheme == "https" and self._ssl is None:
-                self._ssl = ssl.create_default_context()
-            origin = self._origins[key] = _Origin(scheme, host, port, self._ssl)
+            if tls is not None and scheme == "https":
+                try:
+                    context = upstream_context(tls)
+                except TlsError as exc:  # a file that loaded at registration is gone
+                    raise UpstreamConnectError(errno.EIO, str(exc)) from None
+                origin = _Origin(scheme, host, port, context, tls.server_name)
+            else:
+                if scheme == "https" and self._ssl is None:
+                    self._ssl = upstream_context(None)
+                origin = _Origin(scheme, host, port, self._ssl)
+            self._origins[key] = origin
         return origin
 
     async def request(self, origin: _Origin, method: str, target: str,

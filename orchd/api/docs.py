@@ -266,6 +266,19 @@ def _paths() -> dict[str, Any]:
                 "summary": _ref("HealthSummary"),
                 "circuit_breaker_summary": {"type": "object"},
                 "last_reload": _ref("ReloadStatus"),
+                "tls": {"oneOf": [{"type": "null"}, _obj({
+                    "certificates": {"type": "array", "items": _obj({
+                        "file": {"type": "string"},
+                        "subjects": {"type": "array", "items": {"type": "string"}},
+                        "not_after": {"type": "number"},
+                        "not_after_iso": {"type": "string"},
+                        "days_left": {"type": "integer"},
+                        "serial": {"type": "string"},
+                    }, ["file", "subjects", "not_after", "days_left"])},
+                    "min_version": {"enum": ["1.2", "1.3"]},
+                    "client_auth": {"enum": ["none", "optional", "required"]},
+                }, ["certificates"])],
+                    "description": "The public port's certificates (null: plain HTTP)."},
             }, ["system_status", "summary", "circuit_breaker_summary", "last_reload"]))})},
         "/health/summary": {"get": _op("Health summary", "health", {
             "200": _json(_ref("HealthSummary"))})},

@@ -143,6 +143,7 @@ async def status(request: web.Request) -> web.Response:
                   "status": "degraded" if state.store_degraded else "ok",
                   "error": state.store_degraded},
         "uptime": round(time.time() - state.started_at, 3),
+        "tls": state.tls.status() if state.tls is not None else None,
     })
 
 
