@@ -16,6 +16,10 @@ test_pkgs=(
   "podman:podman"
   "mmdebstrap:mmdebstrap"
   "systemd-nspawn:systemd-container"
+  # HTTPS: real TLS clients and a TLS grader
+  "testssl:testssl.sh"
+  "curl:curl"
+  "openssl:openssl"
 )
 bench_pkgs=(
   "wrk:wrk"
