@@ -19,6 +19,7 @@ import os
 import time
 from collections.abc import Iterable, Mapping
 from typing import Final, Protocol
+from urllib.parse import unquote_plus
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -26,6 +27,8 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestPayloadError
 from yarl import URL
 
+from orchd.auth.gateway import Forwarding
+from orchd.auth.guard import Guard, Passage
 from orchd.balancer import RetryBudget, choose
 from orchd.errors import ProblemError, UpstreamBroke, UpstreamConnectError, endpoint_not_found
 from orchd.hops import seen_here, via_after
@@ -170,8 +173,8 @@ class _Exchange:
     same over its tries, built once per request, and the current try (``begin``): its
     target, its URL, and whether that target's breaker has heard how it went (``settle``)."""
 
-    __slots__ = ("connect_timeout", "has_body", "headers", "max_body", "method", "reply",
-                 "request", "rid", "route", "settled", "started", "target", "url")
+    __slots__ = ("answer", "connect_timeout", "has_body", "headers", "max_body", "method",
+                 "reply", "request", "rid", "route", "settled", "started", "target", "url")
 
     target: Target
     url: str
@@ -190,6 +193,8 @@ class _Exchange:
         self.started = started  # time.perf_counter() when the request arrived
         self.max_body = max_body
         self.settled = True  # no try yet
+        # The gateway's own fields of the answer (CORS, RateLimit-*): None without a guard.
+        self.answer: Headers | None = None
 
     def begin(self, target: Target, url: str) -> None:
         """A try on ``target`` (its breaker let the call through), of ``url`` under it."""
@@ -303,41 +308,89 @@ class Proxy:
             raise endpoint_not_found(name, "Unknown endpoint")
         route, segments = resolved
         request["endpoint"] = route.name
-        ep_headers = {"X-Endpoint-ID": route.name}
+        guard = route.guard  # None unless the endpoint has auth, rate_limit or cors
+        forwarding: Forwarding | None = None
+        answer: dict[str, str] | None = None
+        if guard is not None and guard.cors is not None and request.method == "OPTIONS":
+            preflight = _preflight(guard, request.headers, route.name, rid)
+            if preflight is not None:
+                return preflight
+        try:
+            if guard is None:
+                max_body = self._admit(request, route, True)
+            else:
+                passage = guard.passage(request.headers.get("Origin"))
+                answer = passage.answer
+                max_body = await self._guarded(request, route, guard, passage)
+                forwarding = passage.forwarding
+                if forwarding is not None and forwarding.drop_query is not None and query:
+                    query = _without_param(query, forwarding.drop_query)
+            task = request.task
+            # (Task.cancel answers a bool that InFlight ignores.)
+            cut = _uncut if task is None else task.cancel
+            with self.streams.track(route.name, cut):
+                if (isinstance(reply, _StreamReply) and request.method == "GET"
+                        and (request.headers.get(hdrs.UPGRADE) or "").lower() == "websocket"):
+                    # A WebSocket holds its connection as long as it lives: it takes one of
+                    # the long-lived stream slots (orchd.streams) before it costs a breaker
+                    # trial.
+                    with self.state.streams.acquire(request.remote or "", "websocket"):
+                        reply.response = await self._websocket(
+                            reply.request, route, segments, query, rid, forwarding, answer)
+                    return None
+                return await self._forward(request, reply, route, segments, query, rid,
+                                           started, max_body, forwarding, answer)
+        except ProblemError as exc:
+            if answer:  # every answer of a guarded endpoint carries the gateway's fields
+                exc.headers = {**exc.headers, **answer, "X-Endpoint-ID": route.name}
+            raise
+
+    def _admit(self, request: ProxiedRequest, route: Route, presence: bool) -> int:
+        """The checks every request of a matched endpoint passes: not disabled, an accepted
+        method, a credential present if ``require_auth`` (when ``presence``: the gateway
+        does not check it itself), a body within ``max_body_size`` (the limit answered)."""
         if route.admin_disabled:
             raise ProblemError(503, "Endpoint disabled",
                                f"endpoint {route.name!r} is disabled by an operator",
-                               headers={**ep_headers, "Retry-After": "30"})
+                               headers={"X-Endpoint-ID": route.name, "Retry-After": "30"})
         method = request.method
         if method not in route.methods and not (method == "HEAD" and "GET" in route.methods):
             raise ProblemError(405, "Method not allowed",
                                f"endpoint {route.name!r} accepts {', '.join(route.methods)}",
-                               headers={**ep_headers, "Allow": _allow(route.methods)})
+                               headers={"X-Endpoint-ID": route.name,
+                                        "Allow": _allow(route.methods)})
         spec = route.spec
-        if spec.require_auth and not has_credential(request, spec.auth_type):
+        if presence and spec.require_auth and not has_credential(request, spec.auth_type):
             scheme = {"basic": "Basic", "api_key": "ApiKey"}.get(spec.auth_type, "Bearer")
             raise ProblemError(401, "Credential required",
                                f"endpoint {route.name!r} requires {spec.auth_type} "
                                "credentials and the request has none",
-                               headers={**ep_headers, "WWW-Authenticate": scheme})
+                               headers={"X-Endpoint-ID": route.name,
+                                        "WWW-Authenticate": scheme})
         max_body = self.state.config.server.max_body_size
         if request.content_length is not None and request.content_length > max_body:
             raise _too_large(f"the body is {request.content_length} bytes; "
-                             f"the limit is {max_body}", ep_headers)
-        task = request.task
-        # (Task.cancel answers a bool that InFlight ignores.)
-        cut = _uncut if task is None else task.cancel
-        with self.streams.track(route.name, cut):
-            if (isinstance(reply, _StreamReply) and method == "GET"
-                    and (request.headers.get(hdrs.UPGRADE) or "").lower() == "websocket"):
-                # A WebSocket holds its connection as long as it lives: it takes one of the
-                # long-lived stream slots (orchd.streams) before it costs a breaker trial.
-                with self.state.streams.acquire(request.remote or "", "websocket"):
-                    reply.response = await self._websocket(reply.request, route, segments,
-                                                           query, rid)
-                return None
-            return await self._forward(request, reply, route, segments, query, rid, started,
-                                       max_body)
+                             f"the limit is {max_body}", {"X-Endpoint-ID": route.name})
+        return max_body
+
+    async def _guarded(self, request: ProxiedRequest, route: Route, guard: Guard,
+                       passage: Passage) -> int:
+        """The checks of an endpoint with ``auth``, ``rate_limit`` or ``cors`` (design
+        section 12; its CORS preflight was answered before), in this order: the rate limit
+        by a key that needs no identity; the endpoint's own checks (``_admit``); the
+        credential; the rate limit by consumer or claim. ``passage`` collects the fields
+        every answer then carries and what forwarding changes. Answers ``_admit``'s."""
+        headers = request.headers
+        client = request.remote or ""
+        if guard.limiter is not None and not guard.limit_after_auth:
+            guard.limit(passage, client, headers, None)
+        max_body = self._admit(request, route, guard.authenticator is None)
+        if guard.authenticator is not None:
+            await guard.authenticate(passage, client, headers,
+                                     request.query if guard.reads_query else None)
+        if guard.limit_after_auth:
+            guard.limit(passage, client, headers, passage.identity)
+        return max_body
 
     def _pick(self, route: Route, tried: set[Target], rid: str) -> Target:
         target = choose(route, tried)
@@ -365,11 +418,16 @@ class Proxy:
                            extra={"reason": "no_available_target"})
 
     def _upstream_headers(self, request: ProxiedRequest, rid: str,
-                          drop: frozenset[str] | set[str]) -> list[tuple[str, str]]:
+                          drop: frozenset[str] | set[str],
+                          forwarding: Forwarding | None = None) -> list[tuple[str, str]]:
         src = request.headers
+        if forwarding is not None:  # client-sent copies of what the gateway sets go
+            drop = drop | forwarding.drop
         conn = src.get(hdrs.CONNECTION)
         dropset = drop if not conn else _drop_set(src, drop)
         out = [(k, v) for k, v in src.items() if k.lower() not in dropset]
+        if forwarding is not None:
+            out += forwarding.add.items()
         peer = request.remote or ""
         prior = src.get("X-Forwarded-For")
         # Proto and Host describe this hop as the gateway saw it: a client's own values for
@@ -383,12 +441,15 @@ class Proxy:
 
     async def _forward(self, request: ProxiedRequest, reply: Reply, route: Route,
                        segments: list[str], query: str, rid: str, started: float,
-                       max_body: int) -> web.Response | None:
+                       max_body: int, forwarding: Forwarding | None = None,
+                       answer: dict[str, str] | None = None) -> web.Response | None:
         spec = route.spec
         method = request.method
         ex = _Exchange(request, reply, route, method,
-                       self._upstream_headers(request, rid, _REQUEST_DROP),
+                       self._upstream_headers(request, rid, _REQUEST_DROP, forwarding),
                        request.body_exists, min(5.0, spec.timeout), rid, started, max_body)
+        if answer:
+            ex.answer = [(k.encode(), v.encode()) for k, v in answer.items()]
         tried: set[Target] = set()
         attempts = 1 + (spec.retries if method in IDEMPOTENT_METHODS else 0)
         self.budget.record_request()
@@ -397,7 +458,10 @@ class Proxy:
             try:
                 target = self._pick(route, tried, rid)
             except _Fallback as fb:
-                return fb.response(rid, route.name)
+                fallback = fb.response(rid, route.name)
+                if answer:
+                    fallback.headers.update(answer)
+                return fallback
             except ProblemError:
                 if last is None:
                     raise
@@ -492,6 +556,8 @@ class Proxy:
                         502, "Upstream connection broke", "the upstream broke the exchange",
                         "upstream_broke", reason), reason, retriable=False)
                 out, length = _response_headers(upstream.raw_headers)
+                if ex.answer is not None:
+                    out = _with_gateway_fields(out, ex.answer)
                 hundredths = int((time.perf_counter() - ex.started) * 100_000 + 0.5)  # of a ms
                 out += ((b"X-Request-ID", ex.rid.encode()),
                         (b"X-Endpoint-ID", route.name.encode()),
@@ -538,7 +604,8 @@ class Proxy:
             ex.settle(_RELEASE)  # when nothing above settled it (cancelled, or a fault)
 
     async def _websocket(self, request: web.Request, route: Route, segments: list[str],
-                         query: str, rid: str) -> web.StreamResponse:
+                         query: str, rid: str, forwarding: Forwarding | None,
+                         answer: dict[str, str] | None) -> web.StreamResponse:
         target = self._pick(route, set(), rid)
         try:
             path = map_path(target.base_path, segments)
@@ -546,7 +613,7 @@ class Proxy:
             target.breaker.release()
             raise ProblemError(400, "Invalid path", str(bad)) from None
         url = URL(f"{target.origin}{path}" + (f"?{query}" if query else ""), encoded=True)
-        headers = self._upstream_headers(request, rid, _WS_DROP)
+        headers = self._upstream_headers(request, rid, _WS_DROP, forwarding)
         protocols = [p.strip() for p in
                      request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
         target.in_flight += 1
@@ -583,6 +650,8 @@ class Proxy:
             target.breaker.success()
             ws = web.WebSocketResponse(protocols=[up.protocol] if up.protocol else (),
                                        autoping=False, max_msg_size=0)
+            if answer:
+                ws.headers.update(answer)
             ws.headers["X-Request-ID"] = rid
             ws.headers["X-Endpoint-ID"] = route.name
             await ws.prepare(request)
@@ -627,6 +696,41 @@ async def _pump_websockets(client: web.WebSocketResponse,
         for task in tasks:
             task.cancel()
         await upstream.close()
+
+
+def _preflight(guard: Guard, headers: RequestHeaders, endpoint: str,
+               rid: str) -> web.Response | None:
+    """The gateway's answer to a CORS preflight (an ``OPTIONS`` with ``Origin`` and
+    ``Access-Control-Request-Method``): 204 with the allow fields, or 403. None for
+    another ``OPTIONS``: it goes on as any request."""
+    origin = headers.get("Origin")
+    wanted = headers.get("Access-Control-Request-Method")
+    if not origin or not wanted:
+        return None
+    status, fields = guard.preflight(origin, wanted)
+    if status != 204:
+        raise ProblemError(403, "Origin not allowed",
+                           f"endpoint {endpoint!r} does not accept calls from pages of that "
+                           "origin (cors.allow_origins)", headers=fields,
+                           extra={"reason": "cors_origin"})
+    return web.Response(status=204, headers={**fields, "X-Request-ID": rid,
+                                             "X-Endpoint-ID": endpoint})
+
+
+def _without_param(query: str, name: str) -> str:
+    """``query`` (raw) without the parameter ``name`` (a credential the upstream must not
+    see)."""
+    return "&".join([p for p in query.split("&")
+                     if p and unquote_plus(p.partition("=")[0]) != name])
+
+
+def _with_gateway_fields(out: Headers, fields: Headers) -> Headers:
+    """The upstream's answer headers with the gateway's ``fields`` instead of the
+    upstream's own of those names (``Vary`` is kept: its field lines add up)."""
+    names = {k.lower() for k, _ in fields} - {b"vary"}
+    kept = [(k, v) for k, v in out if k.lower() not in names]
+    kept += fields
+    return kept
 
 
 def _allow(methods: frozenset[str]) -> str:

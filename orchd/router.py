@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
 
+from orchd.auth.guard import Guard
 from orchd.model import BreakerSettings, EndpointSpec
 from orchd.target import DISABLED, DRAINING, Target
 
-__all__ = ("PREFIX", "PathError", "Route", "RoutingTable", "map_path")
+__all__ = ("PREFIX", "PathError", "Route", "RoutingTable", "auth_mode", "map_path")
 
 PREFIX = "/orchestrator/"
 _SEP_RE = re.compile(r"[/\\]")
@@ -27,7 +28,9 @@ class PathError(ValueError):
 
 @dataclass(slots=True, eq=False)
 class Route:
-    """One routable endpoint in a snapshot. Only ``rr`` (the round-robin cursor) mutates."""
+    """One routable endpoint in a snapshot. Only ``rr`` (the round-robin cursor) mutates,
+    and ``guard``, set once as the snapshot is installed (``orchd.auth.pool``), before any
+    request reads it: None for an endpoint without ``auth``, ``rate_limit`` or ``cors``."""
 
     spec: EndpointSpec
     source: str
@@ -37,6 +40,7 @@ class Route:
     admin_disabled: bool
     methods: frozenset[str] = field(default_factory=frozenset)
     rr: int = 0
+    guard: Guard | None = None
 
     @property
     def name(self) -> str:
@@ -126,6 +130,16 @@ class RoutingTable:
             if route is not None:
                 return route, parts[2:]
         return None
+
+
+def auth_mode(spec: EndpointSpec) -> str:
+    """``none``, ``presence`` (``require_auth`` alone), ``jwt``, ``api_key`` or
+    ``jwt+api_key`` (``anonymous`` for an ``auth`` block with neither)."""
+    auth = spec.auth
+    if auth is None:
+        return "presence" if spec.require_auth else "none"
+    parts = [p for p, on in (("jwt", auth.jwt), ("api_key", auth.api_key)) if on is not None]
+    return "+".join(parts) or "anonymous"
 
 
 def map_path(base_path: str, segments: Sequence[str]) -> str:

@@ -15,4 +15,13 @@ values it has and turns a refusal into its problem document.
 
 from __future__ import annotations
 
-__all__: tuple[str, ...] = ()
+from typing import Protocol
+
+__all__ = ("HeaderLookup",)
+
+
+class HeaderLookup(Protocol):
+    """A request's header fields as these modules read them: the first value of a name,
+    in any case (aiohttp's ``CIMultiDictProxy``, ``orchd.front.FrontHeaders``)."""
+
+    def get(self, name: str, /) -> str | None: ...

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from orchd.auth import HeaderLookup
 from orchd.auth.jwks import JwksRegistry, KeySource
 from orchd.auth.jwt import JwtValidator, TokenError, claim_headers
 from orchd.errors import ProblemError
@@ -82,7 +83,7 @@ class Authenticator:
                            for c in self._challenges)
         return AuthFailure(status, reason, description, challenges)
 
-    async def authenticate(self, headers: Mapping[str, str],
+    async def authenticate(self, headers: HeaderLookup,
                            query: Mapping[str, str] | None = None) -> Identity:
         """``headers`` must look names up without regard to case (a CIMultiDict)."""
         token = self._bearer(headers) if self.jwt is not None else None
@@ -119,15 +120,15 @@ class Authenticator:
                             "this endpoint needs " + (" or ".join(wanted) or "a credential"))
 
     @staticmethod
-    def _bearer(headers: Mapping[str, str]) -> str | None:
-        scheme, _, token = headers.get("Authorization", "").strip().partition(" ")
+    def _bearer(headers: HeaderLookup) -> str | None:
+        scheme, _, token = (headers.get("Authorization") or "").strip().partition(" ")
         token = token.strip()
         return token if scheme.lower() == "bearer" and token else None
 
-    def _api_key(self, headers: Mapping[str, str], query: Mapping[str, str] | None) -> str | None:
+    def _api_key(self, headers: HeaderLookup, query: Mapping[str, str] | None) -> str | None:
         if self._key_header is None:
             return None
-        value = headers.get(self._key_header, "").strip()
+        value = (headers.get(self._key_header) or "").strip()
         if not value and self._key_query is not None and query is not None:
             value = query.get(self._key_query, "").strip()
         return value or None

@@ -338,7 +338,10 @@ def aiohttp_fetch(session: aiohttp.ClientSession, timeout: float = 5.0) -> Fetch
     reached): a GET without redirects, at most ``MAX_BODY`` bytes."""
 
     async def fetch(url: str) -> JwksAnswer:
-        async with session.get(url, allow_redirects=False, headers={"Accept": "application/json"},
+        # (identity: the daemon's session does not decompress, as the proxy passes bodies on)
+        async with session.get(url, allow_redirects=False,
+                               headers={"Accept": "application/json",
+                                        "Accept-Encoding": "identity"},
                                timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
             body = await resp.content.read(MAX_BODY + 1)
             return JwksAnswer(resp.status, body, resp.headers.get("Cache-Control"))

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from orchd.auth import HeaderLookup
 from orchd.model import RateLimitSettings
 
 __all__ = ("MAX_KEYS", "Decision", "RateLimiter", "limit_key")
@@ -91,7 +92,7 @@ class RateLimiter:
 
 
 def limit_key(settings: RateLimitSettings, *, client_ip: str, endpoint: str,
-              consumer: str | None = None, headers: Mapping[str, str] | None = None,
+              consumer: str | None = None, headers: HeaderLookup | None = None,
               claims: Mapping[str, object] | None = None) -> str:
     """The bucket a request counts against. ``consumer``, ``header:NAME`` and
     ``claim:NAME`` fall back to the client address when the request has no such value, so
