@@ -135,6 +135,7 @@ def status_view(status: Mapping[str, Any], endpoints: Mapping[str, Any]) -> View
             rows.append((
                 _s(ep.get("endpoint_id")),
                 _s(ep.get("status")),
+                _s(ep.get("auth")),  # none | presence | jwt | api_key | jwt+api_key
                 _s(target.get("url")),
                 _s(target.get("admin_state")),
                 _s(target.get("health")),
@@ -142,7 +143,7 @@ def status_view(status: Mapping[str, Any], endpoints: Mapping[str, Any]) -> View
                 _s(target.get("in_flight")),
                 _ms(target.get("response_time")),
             ))
-    grid = Grid(("ENDPOINT", "STATUS", "TARGET", "ADMIN", "HEALTH", "BREAKER", "IN-FLIGHT",
+    grid = Grid(("ENDPOINT", "STATUS", "AUTH", "TARGET", "ADMIN", "HEALTH", "BREAKER", "IN-FLIGHT",
                  "RESPONSE"), tuple(rows))
     parts: list[Part] = [head, _reload_line(status.get("last_reload"))]
     store = status.get("store")

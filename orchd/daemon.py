@@ -35,6 +35,8 @@ from orchd.aiohttp_edge import set_shutdown_timeout
 from orchd.api import build_control_app, build_public_app
 from orchd.api.common import CHANGES
 from orchd.api.control import RESTART
+from orchd.auth.jwks import JwksRegistry, aiohttp_fetch
+from orchd.auth.pool import GuardPool
 from orchd.balancer import RetryBudget
 from orchd.changes import ChangeConsumer, Reload, SyncFromStore, read_config
 from orchd.edge import PublicRunner
@@ -207,6 +209,13 @@ class Daemon:
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
             cookie_jar=aiohttp.DummyCookieJar(), trust_env=False,
         )
+        # The endpoints' auth, rate limits and CORS, hung on each snapshot's routes; JWK Sets
+        # are fetched through the same session (allowed_upstreams applies to them too).
+        guards = GuardPool(JwksRegistry(aiohttp_fetch(self._session)), state.store.consumers)
+        state.guards = guards
+        state.registry.on_swap.append(guards.sync)
+        guards.sync(state.registry.snapshot)
+        await guards.start()
         proxy = Proxy(state, self._session, RetryBudget())
         self.proxy = proxy
         state.registry.on_swap.append(
@@ -485,6 +494,8 @@ class Daemon:
                 self._socket_path.unlink()
         await changes.stop()
         await state.health.close()
+        if state.guards is not None:
+            await state.guards.close()
         session = getattr(self, "_session", None)
         if session is not None:
             await session.close()

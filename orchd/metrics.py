@@ -234,12 +234,32 @@ class Metrics(Collector):
             for facts in state.tls.facts:
                 expiry.add_metric((facts.file,), facts.not_after)
             yield expiry
+        yield from self._gateway()
         info = GaugeMetricFamily("orchd_build_info", "orchd's version; always 1.",
                                  labels=("version",))
         info.add_metric((__version__,), 1.0)
         yield info
         yield GaugeMetricFamily("orchd_start_time_seconds", "Unix time orchd started.",
                                 value=state.started_at)
+
+    def _gateway(self) -> Iterable[Metric]:
+        """Authentication and rate limits at the gateway (orchd.auth.guard.Counters)."""
+        failures = CounterMetricFamily(
+            "orchd_auth_failures", "Requests refused by the gateway's authentication (and "
+            "CORS preflights from origins not allowed), by endpoint and reason.",
+            labels=("endpoint", "reason"))
+        limited = CounterMetricFamily(
+            "orchd_rate_limited", "Requests answered 429 by the gateway's rate limit.",
+            labels=("endpoint",))
+        guards = self.state.guards
+        if guards is not None:
+            counters = guards.counters
+            for key, count in sorted(counters.failures.items()):
+                failures.add_metric(key, count)
+            for endpoint, count in sorted(counters.limited.items()):
+                limited.add_metric((endpoint,), count)
+        yield failures
+        yield limited
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
@@ -250,9 +270,14 @@ class Metrics(Collector):
         now = time.time()
         names = list(self.state.registry.snapshot.routes)
         windows = self.traffic.windows
-        return {"endpoints": {name: (windows.get(name) or Window()).summary(now)
-                              for name in names},
-                "interval": STATS_INTERVAL}
+        guards = self.state.guards
+        out = {name: (windows.get(name) or Window()).summary(now) for name in names}
+        if guards is not None:  # running totals: the dashboard shows their rates
+            counters = guards.counters
+            for name, figures in out.items():
+                figures["auth_failures"] = counters.failures_of(name)
+                figures["rate_limited"] = counters.limited.get(name, 0)
+        return {"endpoints": out, "interval": STATS_INTERVAL}
 
     async def _ticker(self) -> None:
         bus = self.state.bus

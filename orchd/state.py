@@ -27,6 +27,7 @@ from orchd.timestamps import iso
 from orchd.upstream_policy import UpstreamPolicy, policy_for
 
 if TYPE_CHECKING:
+    from orchd.auth.pool import GuardPool
     from orchd.health import HealthChecker
     from orchd.store import Store
     from orchd.tls import TlsEdge
@@ -85,6 +86,8 @@ class GatewayState:
     # The public listeners' (host, port): server.allowed_upstreams refuses them.
     own_addresses: tuple[tuple[str, int], ...] = ()
     tls: TlsEdge | None = None  # the public port's certificates (server.tls)
+    # The endpoints' auth, rate limits and CORS, and the JWK Sets (orchd.auth.pool).
+    guards: GuardPool | None = None
 
     def __post_init__(self) -> None:
         self.streams = StreamCaps(lambda: self.config.server)

@@ -10,7 +10,7 @@ from aiohttp import web
 from orchd.api.common import get_state, stamped
 from orchd.balancer import in_panic
 from orchd.errors import ProblemError, endpoint_not_found
-from orchd.router import Route
+from orchd.router import Route, auth_mode
 from orchd.state import GatewayState
 from orchd.target import HEALTHY, UNHEALTHY, UNKNOWN
 from orchd.timestamps import iso
@@ -53,6 +53,7 @@ def endpoint_health(route: Route) -> dict[str, Any]:
         "consecutive_successes": min(t.consecutive_successes for t in targets),
         "circuit_breaker": route.breaker_state(),
         "panic_mode": in_panic(route),
+        "auth": auth_mode(route.spec),
         "targets": [t.as_dict() for t in targets],
     }
 
@@ -144,6 +145,7 @@ async def status(request: web.Request) -> web.Response:
                   "error": state.store_degraded},
         "uptime": round(time.time() - state.started_at, 3),
         "tls": state.tls.status() if state.tls is not None else None,
+        "auth": state.guards.status() if state.guards is not None else {"jwks": []},
     })
 
 

@@ -4,6 +4,7 @@
 const state = {
   endpoints: [],      // rows of GET /health/endpoints
   stats: {},          // endpoint -> figures from the last "stats" event
+  refused: {},        // endpoint -> {auth, limited}: per second over the last interval
   reasons: {},        // "endpoint url" -> reason of the last breaker transition
   errors: [],         // last errors over all endpoints, newest first
   changed: new Set(), // endpoints to flash on the next render
@@ -63,10 +64,25 @@ function targetLine(row, t) {
     <span class="meta">${esc(t.health)}${admin}${flight}${rt}</span></li>`;
 }
 
+// Requests the gateway refused itself: failed authentication (401/403) and rate-limited
+// (429), per second over the last stats interval; the running totals in the tooltip.
+function refusedCell(name, s) {
+  const r = state.refused[name];
+  if (s.auth_failures === undefined) return `<td class="num refused">–</td>`;
+  const auth = r ? r.auth : 0;
+  const limited = r ? r.limited : 0;
+  const cls = auth || limited ? "warn" : "";
+  const title = `${s.auth_failures} auth failures, ${s.rate_limited} rate-limited since start`;
+  return `<td class="num refused ${cls}" title="${esc(title)}"
+      data-auth="${esc(auth)}" data-limited="${esc(limited)}">
+    <span class="auth-rate">${auth.toFixed(1)}</span> /
+    <span class="limited-rate">${limited.toFixed(1)}</span></td>`;
+}
+
 function renderRows() {
   const body = $("rows");
   if (!state.endpoints.length) {
-    body.innerHTML = `<tr class="empty"><td colspan="8">No endpoints registered.</td></tr>`;
+    body.innerHTML = `<tr class="empty"><td colspan="9">No endpoints registered.</td></tr>`;
     return;
   }
   body.innerHTML = state.endpoints.map((row) => {
@@ -89,6 +105,7 @@ function renderRows() {
       <td class="num">${ms(s.p50_ms)}</td>
       <td class="num">${ms(s.p99_ms)}</td>
       <td class="num err-rate ${rateCls}">${rate === null ? "–" : `${(rate * 100).toFixed(1)} %`}</td>
+      ${refusedCell(row.endpoint_id, s)}
       <td><ul class="targets">${row.targets.map((t) => targetLine(row, t)).join("")}</ul></td>
     </tr>`;
   }).join("");
@@ -192,7 +209,18 @@ function refresh(delay = 120) {
 }
 
 function onStats(data) {
+  const before = state.stats;
+  const interval = data.interval || 2;
   state.stats = data.endpoints || {};
+  state.refused = {};
+  for (const [name, s] of Object.entries(state.stats)) {
+    const prev = before[name];
+    if (s.auth_failures === undefined || !prev || prev.auth_failures === undefined) continue;
+    state.refused[name] = {
+      auth: Math.max(0, s.auth_failures - prev.auth_failures) / interval,
+      limited: Math.max(0, s.rate_limited - prev.rate_limited) / interval,
+    };
+  }
   const seen = new Set(state.errors.map((e) => `${e.request_id} ${e.time}`));
   for (const [name, s] of Object.entries(state.stats)) {
     for (const e of s.last_errors || []) {

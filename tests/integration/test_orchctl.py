@@ -172,8 +172,9 @@ def test_status_human_and_json(cli: Cli, daemon: Orchd) -> None:
     assert "\x1b[" not in out, "no colour codes when piped"
     assert "─" not in out and "━" not in out, "no box drawing when piped"
     rows = [line.split() for line in out.splitlines() if line.startswith("echo ")]
-    assert [r[2] for r in rows] == ["http://127.0.0.1:9/api", "http://127.0.0.2:9/api"]
-    assert all(r[3] == "active" and r[5] == "closed" and r[6] == "0" for r in rows), rows
+    assert [r[3] for r in rows] == ["http://127.0.0.1:9/api", "http://127.0.0.2:9/api"]
+    assert all(r[2] == "none" and r[4] == "active" and r[6] == "closed" and r[7] == "0"
+               for r in rows), rows
     assert "last reload: ok" in out
     doc = as_json(ok(cli("--json", "status", sock=daemon.socket)))
     assert doc["last_reload"]["ok"] is True

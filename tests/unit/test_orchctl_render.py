@@ -40,7 +40,8 @@ def test_plain_grid_is_aligned_and_rich_has_the_same_cells() -> None:
               "healthy_endpoints": 0, "unhealthy_endpoints": 1},
               "circuit_breaker_summary": {"open_breakers": 1},
               "last_reload": {"ok": False, "error": "bad file", "at": 0, "trigger": "SIGHUP"}}
-    endpoints = {"endpoints": [{"endpoint_id": "svc", "status": "unhealthy", "targets": [
+    endpoints = {"endpoints": [{"endpoint_id": "svc", "status": "unhealthy",
+                                "auth": "jwt+api_key", "targets": [
         {"url": "http://10.0.0.1:80", "admin_state": "draining", "health": "unhealthy",
          "circuit_breaker": {"state": "forced_open"}, "in_flight": 2, "response_time": 0.0123},
     ]}]}
@@ -50,9 +51,10 @@ def test_plain_grid_is_aligned_and_rich_has_the_same_cells() -> None:
                         "1 breaker open")
     assert lines[1] == "last reload: failed: bad file at 1970-01-01 00:00:00Z (trigger SIGHUP)"
     header, row = lines[2], lines[3]
-    assert row.split() == ["svc", "unhealthy", "http://10.0.0.1:80", "draining", "unhealthy",
-                           "forced_open", "2", "12.3ms"]
+    assert row.split() == ["svc", "unhealthy", "jwt+api_key", "http://10.0.0.1:80",
+                           "draining", "unhealthy", "forced_open", "2", "12.3ms"]
     assert header.index("TARGET") == row.index("http://")
+    assert header.index("AUTH") == row.index("jwt+api_key")
     console = Console(width=200, record=True, color_system="truecolor", force_terminal=True)
     console.print(to_rich(view))
     text = console.export_text(clear=False)
