@@ -106,7 +106,7 @@ class FrontRequest(dict[str, Any]):
 
     def __init__(self, method: str, raw_path: str, version: str,
                  headers: FrontHeaders, remote: str,
-                 transport: asyncio.Transport, keep_alive: bool) -> None:
+                 transport: asyncio.Transport, keep_alive: bool, secure: bool = False) -> None:
         self.method = method
         self.raw_path = raw_path
         self.version = version
@@ -114,7 +114,7 @@ class FrontRequest(dict[str, Any]):
         self.remote = remote
         self.transport = transport
         self.keep_alive = keep_alive
-        self.secure = False  # the public listener is plain HTTP; TLS ends in front of orchd
+        self.secure = secure  # the connection came over TLS (server.tls)
         self.content_length: int | None = None
         self.body_exists = False
         self.content: StreamReader = EMPTY_PAYLOAD
@@ -279,6 +279,7 @@ class FrontConnection(asyncio.Protocol):
         self._loop = server.loop
         self.transport: asyncio.Transport | None = None
         self._remote = ""
+        self._secure = False
         self._parser = httptools.HttpRequestParser(self)
         self._buf = bytearray()  # received bytes not given to the parser yet
         # What the parser callbacks collect for the head being parsed.
@@ -322,6 +323,7 @@ class FrontConnection(asyncio.Protocol):
         tcp_nodelay(tr, True)
         peer = tr.get_extra_info("peername")
         self._remote = str(peer[0]) if peer else ""
+        self._secure = tr.get_extra_info("sslcontext") is not None  # once per connection
         self._server.track(self, tr)
         self._since = self._loop.time()
         self._clock = self._loop.call_later(self.limits.header_timeout, self._tick)
@@ -544,7 +546,8 @@ class FrontConnection(asyncio.Protocol):
         tr = self.transport
         assert tr is not None
         request = FrontRequest(method.decode("ascii", "replace"), path, version,
-                               FrontHeaders(pairs, first), self._remote, tr, keep_alive)
+                               FrontHeaders(pairs, first), self._remote, tr, keep_alive,
+                               self._secure)
         if length >= 0:
             request.content_length = length
             request.body_exists = length > 0

@@ -38,6 +38,7 @@ from orchd.model import IDEMPOTENT_METHODS
 from orchd.router import PREFIX, PathError, Route, map_path
 from orchd.state import GatewayState
 from orchd.target import Target
+from orchd.tls import client_server_name, client_ssl
 from orchd.upstream import Body, UpstreamPool
 
 __all__ = ("HOP_BY_HOP", "BodyTooLarge", "Headers", "ProxiedRequest", "Proxy", "Reply",
@@ -499,7 +500,8 @@ class Proxy:
         try:
             try:
                 upstream = await self.upstream.request(
-                    self.upstream.origin_for(target.url), method, ex.url, ex.headers,
+                    self.upstream.origin_for(target.url, route.spec.tls), method, ex.url,
+                    ex.headers,
                     _LimitedBody(request.content, max_body) if ex.has_body else None,
                     request.content_length if ex.has_body else None,
                     ex.connect_timeout, timeout=timeout,
@@ -621,9 +623,10 @@ class Proxy:
         try:
             try:
                 async with asyncio.timeout(route.spec.timeout):
-                    up = await self.session.ws_connect(url, headers=headers,
-                                                       protocols=protocols, autoping=False,
-                                                       max_msg_size=0)
+                    up = await self.session.ws_connect(
+                        url, headers=headers, protocols=protocols, autoping=False,
+                        max_msg_size=0, ssl=client_ssl(route.spec.tls),
+                        server_hostname=client_server_name(route.spec.tls))
             except aiohttp.WSServerHandshakeError as refused:
                 # The upstream answered, but not with 101: the client asked a backend that
                 # does not speak WebSocket there. Only its own 5xx is the upstream's failure.

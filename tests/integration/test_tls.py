@@ -191,10 +191,6 @@ async def test_https_serves_proxy_admin_docs_websocket_and_sse(
 
 async def test_x_forwarded_proto_is_https_on_the_tls_listener(
         tls_factory: Callable[..., TlsOrchd], upstream_factory: Any, pki: dict[str, Any]) -> None:
-    front = (Path(__file__).resolve().parents[2] / "orchd" / "front.py").read_text()
-    if 'get_extra_info("sslcontext")' not in front:
-        pytest.xfail("orchd/front.py still sets FrontRequest.secure = False (see "
-                     "docs/deployment.md, HTTPS)")
     echo = await upstream_factory()
     daemon = tls_factory({"name": "echo", "url": echo.url})
     connector = aiohttp.TCPConnector(ssl=pki["ca"].client_context())
@@ -460,10 +456,6 @@ async def test_https_upstream_with_private_ca_client_certificate_and_server_name
 
 async def test_proxy_and_websocket_to_an_https_upstream_with_endpoint_tls(
         tmp_path: Path, pki: dict[str, Any], orchd_factory: Any) -> None:
-    proxy_src = (Path(__file__).resolve().parents[2] / "orchd" / "proxy.py").read_text()
-    if "route.spec.tls" not in proxy_src:
-        pytest.xfail("orchd/proxy.py does not pass route.spec.tls to the upstream pool and "
-                     "the WebSocket upgrade yet")
     runner, port, tls = await mtls_upstream(tmp_path, pki["ca"], lifecycle_app())
     daemon = orchd_factory(base_config(
         {"name": "secure", "url": f"https://127.0.0.1:{port}", "tls": tls},
