@@ -237,7 +237,7 @@ class FrontReply:
         chunked or not, the connection kept open or not."""
         conn = self._conn
         self.state = HEAD_SENT
-        may_keep = (self._client_keep and not close and not conn._close and not conn._in_body
+        may_keep = (self._client_keep and not close and not conn._ending and not conn._in_body
                     and not self._gateway.stopping)
         head, chunked, keep = answer_head(self._version, self._head_only, status, reason,
                                           headers, length, may_keep)
@@ -300,7 +300,7 @@ class FrontConnection(asyncio.Protocol):
         self._body_error = ""
         self._chunks = ChunkedEnd()
         self._served = 0
-        self._close = False  # end the connection after the current answer
+        self._ending = False  # end the connection after the current answer
         self._handed = False
         self._lost = False
         self.reply = FrontReply(self, server.state)  # the answer to the current request
@@ -334,7 +334,7 @@ class FrontConnection(asyncio.Protocol):
             if not self._feed_body(data):
                 self._body_broke()
             return
-        if self._lost or (self._close and self._request is None):
+        if self._lost or (self._ending and self._request is None):
             return
         self._buf += data
         if self._request is None:
@@ -347,7 +347,7 @@ class FrontConnection(asyncio.Protocol):
             self._request.content.set_exception(
                 ConnectionResetError("the client ended the connection mid-body"))
             self._in_body = False
-        self._close = True
+        self._ending = True
         return self._request is not None  # keep the writing half for the answer
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -403,7 +403,7 @@ class FrontConnection(asyncio.Protocol):
             # llhttp found a message's end before _ChunkedEnd did (they should agree): where
             # the next request starts is unknown, so it is not served; the connection ends
             # after the current answer (a pipelining client retries, RFC 9112 section 9.3.2).
-            self._close = True
+            self._ending = True
             raise _Stop
 
     def on_url(self, url: bytes) -> None:
@@ -588,7 +588,7 @@ class FrontConnection(asyncio.Protocol):
         if request is not None and self._in_body:
             request.content.set_exception(ConnectionResetError(self._body_error))
             self._in_body = False
-        self._close = True
+        self._ending = True
         self._stop_body_timer()
 
     def _end_body(self) -> None:
@@ -637,11 +637,11 @@ class FrontConnection(asyncio.Protocol):
                     except Exception:  # _serve answers every error; this would be a bug's
                         server_logger.exception("serving a connection from %s failed",
                                                 self._remote)
-                        self._close = True
+                        self._ending = True
                         self.reply.abort()
                         return
                     continue
-                if self._lost or self._handed or self._close:
+                if self._lost or self._handed or self._ending:
                     return
                 idle = self._idle = self._loop.create_future()
                 await idle
@@ -697,7 +697,7 @@ class FrontConnection(asyncio.Protocol):
         self._served += 1
         self._since = self._loop.time()  # idle from now
         if not reply.keep_alive:  # it said Connection: close, or it was cut
-            self._close = True
+            self._ending = True
         transport = self.transport
         if transport is None or self._lost:
             return
@@ -710,8 +710,8 @@ class FrontConnection(asyncio.Protocol):
         if state == ABORTED:
             return  # the transport is gone
         if self._in_body:  # the body was not read to its end: the next request cannot be found
-            self._close = True
-        if self._close:
+            self._ending = True
+        if self._ending:
             if self._in_body or self._buf:  # unread input
                 self._in_body = False
                 rules.close_lingering(transport, self._loop)
@@ -762,7 +762,7 @@ class FrontConnection(asyncio.Protocol):
             return
         rules.cut_slow_body(payload, stall, self.limits.body_timeout, self._remote)
         self._in_body = False
-        self._close = True
+        self._ending = True
 
     def _send_expired(self) -> None:
         self._send_timer = None
@@ -784,17 +784,17 @@ class FrontConnection(asyncio.Protocol):
     def refuse(self, status: int, detail: str) -> None:
         """See ``orchd.edge_rules.Guarded.refuse``."""
         self._cancel_timers()
-        self._close = True
+        self._ending = True
         rules.refuse(self.transport, self._loop, status, detail, self._remote)
 
     def force_close(self) -> None:
-        self._close = True
+        self._ending = True
         if self.transport is not None:
             self.transport.close()
 
     def close(self) -> None:
         """Stop taking requests: now if idle, else after the current answer."""
-        self._close = True
+        self._ending = True
         self._wake_worker()
         if self._request is None and self.transport is not None:
             self.transport.close()
