@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from orchd.errors import ConfigError, FieldError, ProblemError, StoreError
+from orchd.errors import ConfigError, FieldError, ProblemError, StoreError, endpoint_not_found
 from orchd.loader import parse_config, validate_endpoint
 from orchd.log import config_logger, registry_logger
 from orchd.model import Config, EndpointSpec, ServerSettings
@@ -106,10 +106,6 @@ class SyncFromStore:
 
 Change = (Register | Replace | Remove | SetStatus | SetTargetState | Heartbeat | Reload
           | ReloadCertificates | SyncFromStore)
-
-
-def _not_found(name: str) -> ProblemError:
-    return ProblemError(404, "Endpoint not found", f"no endpoint named {name!r} is registered")
 
 
 def _store_unavailable(store: str, exc: Exception) -> ProblemError:
@@ -247,7 +243,7 @@ class ChangeConsumer:
         reg = self.state.registry
         existing = reg.get(spec.name)
         if existing is None:
-            raise _not_found(spec.name)
+            raise endpoint_not_found(spec.name)
         if existing.source == "config":
             raise ProblemError(409, "Endpoint defined in the configuration file",
                                f"endpoint {spec.name!r} comes from the configuration file; "
@@ -262,7 +258,7 @@ class ChangeConsumer:
         reg = self.state.registry
         existing = reg.get(name)
         if existing is None:
-            raise _not_found(name)
+            raise endpoint_not_found(name)
         if existing.source == "config":
             raise ProblemError(409, "Endpoint defined in the configuration file",
                                f"endpoint {name!r} comes from the configuration file; "
@@ -283,7 +279,7 @@ class ChangeConsumer:
                                errors=[FieldError("status", "must be 'active' or 'disabled'")])
         reg = self.state.registry
         if reg.get(name) is None:
-            raise _not_found(name)
+            raise endpoint_not_found(name)
         old = reg.admin.get(name, AdminRecord())
         new = AdminRecord(status == "disabled", old.targets)
         await self._admin_put(name, new)
@@ -295,7 +291,7 @@ class ChangeConsumer:
         reg = self.state.registry
         entry = reg.get(name)
         if entry is None:
-            raise _not_found(name)
+            raise endpoint_not_found(name)
         urls = entry.spec.urls
         if url is not None:
             url = url.rstrip("/") if url.count("/") > 2 else url
@@ -335,7 +331,7 @@ class ChangeConsumer:
     async def _heartbeat(self, name: str) -> dict[str, Any]:
         entry = self.state.registry.get(name)
         if entry is None:
-            raise _not_found(name)
+            raise endpoint_not_found(name)
         if entry.source == "config" or entry.spec.ttl is None:
             raise ProblemError(409, "Endpoint has no ttl",
                                f"endpoint {name!r} was registered without a ttl; "
