@@ -19,6 +19,7 @@ from rich.text import Text
 
 __all__ = (
     "Grid",
+    "Line",
     "View",
     "breakers_view",
     "endpoint_view",
@@ -46,7 +47,16 @@ class Grid:
     title: str | None = None
 
 
-Part = str | Grid
+@dataclass(frozen=True, slots=True)
+class Line:
+    """A line with a style on a terminal (plain text elsewhere)."""
+
+    text: str
+    style: str = ""
+
+
+Part = str | Line | Grid
+EXPIRY_WARNING_DAYS = 14  # a certificate this close to its end is shown in red
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +162,27 @@ def status_view(status: Mapping[str, Any], endpoints: Mapping[str, Any]) -> View
         if store.get("error"):
             line += f" ({store['error']})"
         parts.append(line)
+    parts += _certificate_lines(status.get("tls"))
     parts.append(grid if rows else "no endpoints registered")
     return View(tuple(parts))
+
+
+def _certificate_lines(tls: Any) -> list[Part]:
+    """``server.tls``' certificates with the days they have left (red under two weeks)."""
+    if not isinstance(tls, Mapping):
+        return []
+    lines: list[Part] = []
+    for cert in tls.get("certificates") or []:
+        if not isinstance(cert, Mapping):
+            continue
+        days = cert.get("days_left")
+        names = ", ".join(str(s) for s in cert.get("subjects") or []) or "-"
+        soon = isinstance(days, int | float) and days < EXPIRY_WARNING_DAYS
+        text = (f"tls certificate {_s(cert.get('file'))} ({names}): "
+                f"{counted(int(days) if isinstance(days, int | float) else None, 'day')} left"
+                f" (until {fmt_time(cert.get('not_after'))})")
+        lines.append(Line(text, "bold red" if soon else ""))
+    return lines
 
 
 def endpoints_view(doc: Mapping[str, Any]) -> View:
@@ -266,7 +295,8 @@ def _plain_grid(grid: Grid) -> str:
 
 def to_plain(view: View) -> str:
     """Aligned columns, no colour, no box: for pipes and files."""
-    return "\n".join(_plain_grid(p) if isinstance(p, Grid) else p for p in view.parts)
+    return "\n".join(_plain_grid(p) if isinstance(p, Grid) else
+                     p.text if isinstance(p, Line) else p for p in view.parts)
 
 
 _LONG_COLUMNS = frozenset({"TARGET", "URLS", "VALUE", "LAST FAILURE"})
@@ -292,5 +322,6 @@ def _rich_grid(grid: Grid) -> Table:
 def to_rich(view: View) -> RenderableType:
     """Tables with coloured states: for a terminal."""
     items: Sequence[RenderableType] = [
-        _rich_grid(p) if isinstance(p, Grid) else Text(p) for p in view.parts]
+        _rich_grid(p) if isinstance(p, Grid) else
+        Text(p.text, style=p.style) if isinstance(p, Line) else Text(p) for p in view.parts]
     return Group(*items)

@@ -106,3 +106,24 @@ def test_breakers_summary_counts_partially_open() -> None:
                {"url": "http://a", "state": "open"}, {"url": "http://b", "state": "closed"}]}]}
     text = to_plain(breakers_view(doc))
     assert "1 breakers: 0 closed, 0 half-open, 1 partially open, 0 open" in text
+
+
+def test_status_shows_the_days_each_certificate_has_left_red_under_two_weeks() -> None:
+    status = {"system_status": "healthy", "summary": {}, "circuit_breaker_summary": {},
+              "tls": {"certificates": [
+                  {"file": "/etc/orchd/tls/site.pem", "subjects": ["example.com"],
+                   "not_after": 1_800_000_000, "days_left": 40},
+                  {"file": "/etc/orchd/tls/old.pem", "subjects": ["old.example.com"],
+                   "not_after": 1_700_000_000, "days_left": 3}]}}
+    view = status_view(status, {"endpoints": []})
+    lines = to_plain(view).splitlines()
+    assert ("tls certificate /etc/orchd/tls/site.pem (example.com): 40 days left "
+            "(until 2027-01-15 08:00:00Z)") in lines
+    assert any(line.startswith("tls certificate /etc/orchd/tls/old.pem") and
+               "3 days left" in line for line in lines)
+    console = Console(width=200, record=True, color_system="truecolor", force_terminal=True)
+    console.print(to_rich(view))
+    styled = console.export_text(styles=True)
+    red_line = next(line for line in styled.splitlines() if "old.pem" in line)
+    green_line = next(line for line in styled.splitlines() if "site.pem" in line)
+    assert "\x1b[1;31m" in red_line and "\x1b[1;31m" not in green_line
