@@ -29,10 +29,16 @@ The protocol, in order:
    ``NOTIFY_SOCKET`` pointing at a private datagram socket, on which the successor's
    ``sd_notify("READY=1")`` arrives (checked with ``SO_PASSCRED``: only the successor's pid is
    believed). The service manager's own ``NOTIFY_SOCKET``, if any, is passed in
-   ``ORCHD_NOTIFY_SOCKET``; the successor switches to it once it has said READY.
+   ``ORCHD_NOTIFY_SOCKET``; the successor switches to it once it has said READY. The
+   successor is started through a launcher that forks it and exits at once: orphaned, it is
+   the service manager's child (systemd is process 1) rather than this process's, so that
+   systemd supervises it as its own when it becomes the main process (see ``_LAUNCHER``).
 4. Ready: under systemd the old process sends ``MAINPID=<successor>`` so the successor becomes
    the service's main process (the unit needs ``NotifyAccess=all`` for the successor's later
-   messages only if they could race the switch; ``main`` works). Then it stops accepting,
+   messages only if they could race the switch; ``main`` works). A main process systemd did
+   not see as its child ("alien") is one it neither waits for on stop nor reaps: with the
+   legacy cgroup hierarchy in a container, `systemctl stop` then sent SIGKILL at once instead
+   of letting it drain. Then it stops accepting,
    drains within ``shutdown_timeout`` (without sending ``STOPPING=1``: the service is not
    stopping), leaves the control socket in place and exits 0.
    The targets' health goes along (``ORCHD_HANDOVER_HEALTH``, a descriptor of an in-memory
@@ -58,6 +64,8 @@ import contextlib
 import json
 import os
 import secrets
+import select
+import signal
 import socket
 import struct
 import subprocess
@@ -65,6 +73,7 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -270,7 +279,7 @@ class Restarter:
         self.handed_over = handed_over
         self.ready_timeout = ready_timeout
         self.busy = False
-        self.successor: subprocess.Popen[bytes] | None = None
+        self.successor: int | None = None  # its pid
 
     async def restart(self) -> dict[str, Any]:
         state = self.state
@@ -342,41 +351,130 @@ class Restarter:
             env["NOTIFY_SOCKET"] = "@" + name
             argv = [sys.executable, *sys.orig_argv[1:]]
             try:
-                proc = subprocess.Popen(argv, pass_fds=(*fds, health), env=env)
-            except OSError as exc:
-                raise ProblemError(500, "Restart failed",
-                                   f"cannot start {argv[0]}: {exc.strerror}") from None
+                pid = await _launch(argv, (*fds, health), env)
             finally:
                 os.close(health)
-            self.successor = proc
-            server_logger.info("restart: started pid %d, waiting until it is ready", proc.pid)
+            self.successor = pid
+            server_logger.info("restart: started pid %d, waiting until it is ready", pid)
             ready: asyncio.Future[None] = loop.create_future()
-            loop.add_reader(notify.fileno(), _read_notify, notify, proc.pid, ready)
+            loop.add_reader(notify.fileno(), _read_notify, notify, pid, ready)
             try:
-                await self._wait(proc, ready)
+                with _Watched(pid) as watched:
+                    await self._wait(watched, ready)
             finally:
                 loop.remove_reader(notify.fileno())
-            return proc.pid
+            return pid
         finally:
             notify.close()
 
-    async def _wait(self, proc: subprocess.Popen[bytes], ready: asyncio.Future[None]) -> None:
+    async def _wait(self, proc: _Watched, ready: asyncio.Future[None]) -> None:
         deadline = time.monotonic() + self.ready_timeout
         while not ready.done():
-            code = proc.poll()
-            if code is not None:
+            if proc.exited():
                 raise ProblemError(500, "Restart failed",
-                                   f"the new orchd (pid {proc.pid}) exited with status {code} "
-                                   "before it was ready; this one keeps serving (see the log)")
+                                   f"the new orchd (pid {proc.pid}) exited before it was "
+                                   "ready; this one keeps serving (see the log)")
             if time.monotonic() > deadline:
                 proc.kill()
-                await asyncio.to_thread(proc.wait)
                 raise ProblemError(500, "Restart failed",
                                    f"the new orchd (pid {proc.pid}) was not ready within "
                                    f"{self.ready_timeout:g}s and was killed; this one keeps "
                                    "serving")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(ready), 0.05)
+
+
+# The successor is started through a short-lived launcher that forks it and exits, so it is
+# not this process's child: orphaned at once, it becomes the child of the service manager
+# (systemd is process 1, or a user manager is the subreaper) or of init. systemd then treats
+# the MAINPID= this process sends as its own child, not as an "alien" process it can neither
+# wait for nor reap: `systemctl stop` sends SIGTERM and waits for the drain (whatever the
+# KillMode and the cgroup layout), and the exit status is the service's.
+_LAUNCHER = """\
+import os, sys
+out = int(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    os.close(out)
+    try:
+        os.execv(sys.argv[2], sys.argv[2:])
+    except OSError as exc:
+        sys.stderr.write(f"orchd: cannot start {sys.argv[2]}: {exc.strerror}\\n")
+        os._exit(127)
+os.write(out, str(pid).encode())
+"""
+LAUNCH_TIMEOUT = 10.0
+
+
+async def _launch(argv: list[str], fds: tuple[int, ...], env: dict[str, str]) -> int:
+    """Start ``argv`` (keeping ``fds``) as an orphan; its pid."""
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        try:
+            launcher = subprocess.Popen(
+                [argv[0], "-I", "-S", "-c", _LAUNCHER, str(write_end), *argv],
+                pass_fds=(*fds, write_end), env=env)
+        except OSError as exc:
+            raise ProblemError(500, "Restart failed",
+                               f"cannot start {argv[0]}: {exc.strerror}") from None
+        os.close(write_end)
+        write_end = -1
+        try:
+            code = await asyncio.to_thread(launcher.wait, LAUNCH_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            launcher.kill()
+            await asyncio.to_thread(launcher.wait)
+            code = -1
+        text = os.read(read_end, 64).decode() if code == 0 else ""
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    if not text.isdigit():
+        raise ProblemError(500, "Restart failed",
+                           f"cannot start {argv[0]}: the launcher exited with status {code}")
+    return int(text)
+
+
+class _Watched:
+    """A process that is not this one's child: whether it exited (a pidfd, where the kernel
+    has them), and a kill that cannot reach another process that took its pid."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.pidfd: int | None = None
+        with contextlib.suppress(OSError, AttributeError):
+            self.pidfd = os.pidfd_open(pid)
+
+    def __enter__(self) -> _Watched:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+    def exited(self) -> bool:
+        if self.pidfd is not None:
+            return bool(select.select([self.pidfd], [], [], 0)[0])
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        try:
+            stat = Path(f"/proc/{self.pid}/stat").read_text()
+        except OSError:
+            return True
+        return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")  # exited, not yet reaped
+
+    def kill(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.pidfd is not None:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            else:
+                os.kill(self.pid, signal.SIGKILL)
 
 
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
