@@ -18,13 +18,22 @@ poll() { local n=$1; shift; for _ in $(seq "$n"); do "$@" && return 0; sleep 0.1
 healthy() { curl -fsS -o /dev/null --max-time 5 "$url/health"; }
 pid_gone() { ! kill -0 "$1" 2>/dev/null; }
 
-# Requests in a loop while something happens: every answer's status code (000: no answer).
+# The upstream of the example configuration's endpoint httpbin (127.0.0.1:9001): the load
+# below is proxied requests, what must never fail. (/health is not: it answers 503 while
+# orchd stops, as it should, to a request that came in on a connection accepted just before.)
+mkdir -p /tmp/upstream && echo ok > /tmp/upstream/ok.txt
+python3 -m http.server 9001 --bind 127.0.0.1 --directory /tmp/upstream \
+  > "$out/upstream.log" 2>&1 &
+proxied=$url/orchestrator/httpbin/ok.txt
+
+# Requests in a loop while something happens, one curl (one new connection, no retry) per
+# request: every answer's status code (000: no answer: refused, reset, or closed unanswered).
 LOAD_PID=
 load_start() {
   : > "$out/$1.codes"
   ( for _ in $(seq 3000); do
       [ -e "$out/$1.stop" ] && break
-      curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 "$url/health" >> "$out/$1.codes"
+      curl -s -o /dev/null -w '%{http_code}\n' --max-time 10 "$proxied" >> "$out/$1.codes"
     done ) &
   LOAD_PID=$!
   poll 50 test -s "$out/$1.codes"
@@ -48,6 +57,7 @@ fi
 check active test "$(prop orchd ActiveState)" = active
 check notify-type test "$(prop orchd Type)" = notify
 check health-after-start healthy
+check proxied-after-start poll 50 curl -fsS -o /dev/null --max-time 5 "$proxied"
 check status-text test "$(prop orchd StatusText)" = serving
 check runs-as-orchd test "$(ps -o user= -p "$(prop orchd MainPID)")" = orchd
 check control-socket-0660 test "$(stat -c '%a %U' /run/orchd/orchd.sock)" = "660 orchd"
@@ -98,6 +108,9 @@ load_stop orchctl-restart-no-failed-request
 new=$(prop orchd MainPID)
 check mainpid-follows test "$new" != "$old" -a "$new" != 0 -a -d "/proc/$new"
 check mainpid-is-orchd grep -q orchd "/proc/$new/cmdline"
+# systemd's own child (its parent is process 1), not an "alien" it would not wait for.
+check mainpid-child-of-systemd test "$(ps -o ppid= -p "$new" | tr -d ' ')" = 1
+check mainpid-not-alien sh -c "! journalctl -u orchd -o cat | grep -q 'not our child'"
 check handover-active test "$(prop orchd ActiveState)/$(prop orchd NRestarts)" = active/0
 check handover-reload timeout 30 systemctl reload orchd
 check handover-healthy healthy
