@@ -20,6 +20,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from referencing import Registry, Resource
 from yarl import URL
 
+from orchd.client_ip import network_problem
 from orchd.errors import ConfigError, FieldError
 from orchd.log import escape_controls
 from orchd.model import Config, EndpointSpec, ServerTls, UpstreamTls
@@ -248,6 +249,16 @@ def _is_http_url(value: object) -> bool:
     return True
 
 
+@_format_checker.checks("cidr", raises=ValueError)
+def _is_cidr(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    problem = network_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return True
+
+
 @cache
 def _validator(name: str) -> Draft202012Validator:
     return Draft202012Validator(
@@ -261,6 +272,10 @@ def _message(error: jsonschema.ValidationError) -> tuple[PathTuple, str]:
     schema: dict[str, Any] = error.schema if isinstance(error.schema, dict) else {}
     if kind == "format" and error.validator_value == "http-url":
         return path, f"{inst!r} is not an http(s) URL (scheme://host[:port][/path])"
+    if kind == "format" and error.validator_value == "cidr":
+        why = f": {error.cause}" if error.cause is not None else ""
+        return path, (f"{inst!r} is not a CIDR range (an address, or address/prefix such as "
+                      f"10.0.0.0/8 or fd00::/8){why}")
     if kind == "anyOf" and isinstance(inst, dict) and "name" in schema.get("required", []):
         return path, "needs 'url' (one upstream) or 'urls' (several targets)"
     if kind == "not" and isinstance(inst, dict):
@@ -377,6 +392,25 @@ def _upstream_policy_errors(data: dict[str, Any], doc: Document) -> list[FieldEr
     return out
 
 
+def _proxy_protocol_errors(server: Mapping[str, Any], doc: Document) -> list[FieldError]:
+    """``server.proxy_protocol`` reads the header on the plain listener only: with ``tls``
+    the header would come before the TLS handshake, which is not read that way yet."""
+    if server.get("proxy_protocol") is True and server.get("tls") is not None:
+        where = ("server", "proxy_protocol")
+        return [FieldError(format_path(where), "cannot be combined with server.tls: terminate "
+                           "TLS at the load balancer, or forward X-Forwarded-For from a peer "
+                           "in server.trusted_proxies instead", doc.line_of(where))]
+    return []
+
+
+def _proxy_warnings(server: Mapping[str, Any], doc: Document) -> list[str]:
+    if server.get("proxy_protocol") is True and not server.get("trusted_proxies"):
+        where = ("server", "proxy_protocol")
+        return [f"{format_path(where)} (line {doc.line_of(where)}): true, but "
+                "server.trusted_proxies is empty: no peer may send a PROXY header"]
+    return []
+
+
 def _server_tls_errors(server: Mapping[str, Any], doc: Document) -> list[FieldError]:
     """``server.tls`` beyond its schema: client_auth needs a CA, and every file loads."""
     tls = server.get("tls")
@@ -470,11 +504,13 @@ def parse_config(text: str, path: str | None = None,
     if not errors:
         errors += _upstream_policy_errors(data, doc)
         errors += _tls_errors(data, doc)
+        errors += _proxy_protocol_errors(data.get("server") or {}, doc)
     if errors:
         raise ConfigError(errors, path)
     return Config.from_dict(data, path=path,
                             warnings=(*doc.notes, *_warnings(data, doc),
-                                      *_tls_warnings(data, doc)))
+                                      *_tls_warnings(data, doc),
+                                      *_proxy_warnings(data.get("server") or {}, doc)))
 
 
 def load_config(path: str | os.PathLike[str], env: Mapping[str, str] | None = None, *,

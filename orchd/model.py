@@ -11,6 +11,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
+from orchd.client_ip import AddressRule, Networks, parse_networks
+
 __all__ = (
     "DEFAULT_METHODS",
     "IDEMPOTENT_METHODS",
@@ -109,6 +111,8 @@ class ServerSettings:
     reuse_port: bool = False
     tls: ServerTls | None = None  # its certificates reload; the rest needs a restart
     redirect_http_port: int | None = None
+    trusted_proxies: Networks = ()  # peers whose X-Forwarded-* and PROXY header are believed
+    proxy_protocol: bool = False  # peers in trusted_proxies open with a PROXY header
 
     RESTART_KEYS = ("host", "port", "control_socket", "socket_group", "state_dir", "log_file",
                     "metrics", "reuse_port", "redirect_http_port")
@@ -123,6 +127,7 @@ class ServerSettings:
         if kwargs.get("allowed_upstreams") is not None:
             kwargs["allowed_upstreams"] = tuple(kwargs["allowed_upstreams"])
         kwargs["tls"] = _optional(ServerTls.from_dict, kwargs.get("tls"))
+        kwargs["trusted_proxies"] = parse_networks(kwargs.get("trusted_proxies") or ())
         return cls(**kwargs)
 
     def __repr__(self) -> str:  # never show the token
@@ -346,6 +351,7 @@ class EndpointSpec:
     rate_limit: RateLimitSettings | None = None
     cors: CorsSettings | None = None
     tls: UpstreamTls | None = None
+    addresses: AddressRule | None = None  # ip_allow and ip_deny; None when both are empty
     document: Mapping[str, Any] = field(default_factory=dict, compare=False)
 
     @classmethod
@@ -368,6 +374,7 @@ class EndpointSpec:
             rate_limit=_optional(RateLimitSettings.from_dict, data.get("rate_limit")),
             cors=_optional(CorsSettings.from_dict, data.get("cors")),
             tls=_optional(UpstreamTls.from_dict, data.get("tls")),
+            addresses=_address_rule(data.get("ip_allow"), data.get("ip_deny")),
             document=dict(data),
         )
 
@@ -422,3 +429,10 @@ class Config:
 
 def _optional(build: Callable[[Mapping[str, Any]], _T], data: Any) -> _T | None:
     return None if data is None else build(data)
+
+
+def _address_rule(allow: Any, deny: Any) -> AddressRule | None:
+    """An endpoint's ``ip_allow`` and ``ip_deny``, parsed once; None when both are empty."""
+    if not allow and not deny:
+        return None
+    return AddressRule(parse_networks(allow or ()), parse_networks(deny or ()))
