@@ -140,6 +140,9 @@ class Load:
         finally:
             if session is not None:
                 await session.close()
+            # A closed TLS connection finishes closing (close_notify, then the socket) a
+            # moment later: let it, so no transport outlives the test (aiohttp's advice).
+            await asyncio.sleep(0.5)
 
 
 def admin_headers() -> dict[str, str]:
@@ -396,6 +399,14 @@ async def test_restart_hands_the_tls_listener_over(
     os.kill(new_pid, signal.SIGTERM)
 
 
+async def close_upstream(runner: web.AppRunner, daemon: Any) -> None:
+    """Stop orchd first, so the upstream's TLS connections end from the other side, then the
+    upstream; and give the closing TLS transports a moment (close_notify, then the socket)."""
+    await asyncio.to_thread(daemon.stop)
+    await runner.cleanup()
+    await asyncio.sleep(0.5)
+
+
 async def mtls_upstream(tmp_path: Path, ca: CA, app: web.Application
                         ) -> tuple[web.AppRunner, int, dict[str, str]]:
     """An HTTPS upstream (certificate for backend.internal) that requires a client
@@ -451,7 +462,7 @@ async def test_https_upstream_with_private_ca_client_certificate_and_server_name
             assert '"healthy"' not in text
         assert "tls.verify (line" in daemon.log() and "not verified" in daemon.log()
     finally:
-        await runner.cleanup()
+        await close_upstream(runner, daemon)
 
 
 async def test_proxy_and_websocket_to_an_https_upstream_with_endpoint_tls(
@@ -472,4 +483,4 @@ async def test_proxy_and_websocket_to_an_https_upstream_with_endpoint_tls(
                 await ws.send_str("to tls upstream")
                 assert (await ws.receive_str()) == "echo to tls upstream"
     finally:
-        await runner.cleanup()
+        await close_upstream(runner, daemon)
