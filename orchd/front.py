@@ -47,7 +47,9 @@ from multidict import MultiDict, MultiDictProxy
 
 from orchd import aiohttp_edge as private
 from orchd import edge_rules as rules
+from orchd import proxy_protocol
 from orchd.aiohttp_server import GuardedServer
+from orchd.client_ip import FORWARDED_BY, Networks, address_in, client_from_forwarded, forwarded_for
 from orchd.errors import ProblemError
 from orchd.http1 import HEAD_END, HTTP1_LINE_ENDS, ChunkedEnd, answer_head, host_ok, split_unsafe
 from orchd.log import escape_controls, server_logger
@@ -131,6 +133,11 @@ class FrontRequest(dict[str, Any]):
         return MultiDictProxy(MultiDict(
             parse_qsl(self.raw_path.partition("?")[2], keep_blank_values=True)))
 
+
+# How a connection's first bytes are read (``FrontConnection._opening``).
+_OPEN: Final = 0  # requests follow
+_SNIFF: Final = 1  # a PROXY header here is refused: the peer may not send one
+_PROXY_HEADER: Final = 2  # a PROXY header must come first (a trusted peer, proxy_protocol)
 
 # The states of an answer (``FrontReply.state``).
 NOT_STARTED: Final = 0  # nothing written: a problem document can still take its place
@@ -278,7 +285,12 @@ class FrontConnection(asyncio.Protocol):
         self.limits = limits  # in force when the connection opened
         self._loop = server.loop
         self.transport: asyncio.Transport | None = None
-        self._remote = ""
+        self._remote = ""  # the peer: the socket's, or the PROXY header's
+        self._proxied = False  # a PROXY header named the peer
+        # server.trusted_proxies when the peer is one of them (its X-Forwarded-For names the
+        # client), else empty: the one check a request pays when nothing is configured.
+        self._trusted: Networks = ()
+        self._opening = _SNIFF
         self._secure = False
         self._parser = httptools.HttpRequestParser(self)
         self._buf = bytearray()  # received bytes not given to the parser yet
@@ -322,7 +334,15 @@ class FrontConnection(asyncio.Protocol):
         self.transport = self.reply.transport = tr = cast(asyncio.Transport, transport)
         tcp_nodelay(tr, True)
         peer = tr.get_extra_info("peername")
-        self._remote = str(peer[0]) if peer else ""
+        self._remote = remote = str(peer[0]) if peer else ""
+        limits = self.limits
+        trusted = limits.trusted_proxies
+        if trusted and address_in(remote, trusted):
+            if limits.proxy_protocol:
+                self._opening = _PROXY_HEADER
+            else:
+                self._opening = _OPEN
+                self._trusted = trusted
         self._secure = tr.get_extra_info("sslcontext") is not None  # once per connection
         self._server.track(self, tr)
         self._since = self._loop.time()
@@ -337,6 +357,8 @@ class FrontConnection(asyncio.Protocol):
         if self._lost or (self._ending and self._request is None):
             return
         self._buf += data
+        if self._opening and not self._opened():
+            return
         if self._request is None:
             self._next()
         elif len(self._buf) > _PIPELINE_LIMIT:
@@ -429,6 +451,44 @@ class FrontConnection(asyncio.Protocol):
             self._end_body()
 
     # -- requests in
+
+    def _opened(self) -> bool:
+        """Read what must come before the first request: True once requests follow; False
+        while more bytes are needed, or when the connection was refused or closed.
+
+        A trusted peer with ``server.proxy_protocol`` must open with a PROXY header; it names
+        the peer from then on. Any other peer that opens with one is refused with 400."""
+        buf = self._buf
+        if self._opening == _SNIFF:
+            kind = proxy_protocol.sniff(buf)
+            if kind == proxy_protocol.UNDECIDED:
+                return False
+            self._opening = _OPEN
+            if kind == proxy_protocol.NOT_PROXY:
+                return True
+            buf.clear()
+            self.refuse(400, "a PROXY protocol header is accepted only from a peer in "
+                        "server.trusted_proxies, with server.proxy_protocol on")
+            return False
+        try:
+            header = proxy_protocol.parse(buf)
+        except proxy_protocol.ProxyHeaderError as exc:
+            server_logger.info("closing a connection from %s, a trusted proxy: %s",
+                               self._remote, exc)
+            self._opening = _OPEN
+            buf.clear()
+            self.force_close()
+            return False
+        if header is None:
+            return False
+        del buf[:header.length]
+        self._opening = _OPEN
+        if header.source is not None:
+            self._remote = header.source
+            self._proxied = True
+        trusted = self.limits.trusted_proxies
+        self._trusted = trusted if address_in(self._remote, trusted) else ()
+        return True
 
     def _next(self) -> None:
         """Serve the next request whose head is in the buffer, or hand the connection over."""
@@ -545,9 +605,15 @@ class FrontConnection(asyncio.Protocol):
             return None  # dot segments: aiohttp's URL handling decides what they mean
         tr = self.transport
         assert tr is not None
+        remote = self._remote
+        trusted = self._trusted
+        if trusted:  # from a trusted proxy: X-Forwarded-For names the client
+            remote = client_from_forwarded(forwarded_for(pairs), remote, trusted)
         request = FrontRequest(method.decode("ascii", "replace"), path, version,
-                               FrontHeaders(pairs, first), self._remote, tr, keep_alive,
+                               FrontHeaders(pairs, first), remote, tr, keep_alive,
                                self._secure)
+        if trusted:
+            request[FORWARDED_BY] = self._remote
         if length >= 0:
             request.content_length = length
             request.body_exists = length > 0
@@ -614,6 +680,8 @@ class FrontConnection(asyncio.Protocol):
         self._wake_worker()
         self._server.release(self)
         handler = self._server.aiohttp_handler()
+        if self._proxied or self._trusted:  # its requests' client is not the socket's peer
+            handler.set_peer(self._remote, self._trusted)
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if self._reading_paused:

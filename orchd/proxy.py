@@ -30,6 +30,7 @@ from yarl import URL
 from orchd.auth.gateway import Forwarding
 from orchd.auth.guard import Guard, Passage
 from orchd.balancer import RetryBudget, choose
+from orchd.client_ip import FORWARDED_BY, AddressRule, forwarded_for
 from orchd.errors import ProblemError, UpstreamBroke, UpstreamConnectError, endpoint_not_found
 from orchd.hops import seen_here, via_after
 from orchd.inflight import InFlight
@@ -157,6 +158,18 @@ def _received_via(headers: RequestHeaders) -> str | None:
     if "Via" not in headers:
         return None
     return ", ".join([v for k, v in headers.items() if k.lower() == "via"])
+
+
+def _check_address(addresses: AddressRule, client: str, endpoint: str, rid: str) -> None:
+    """403 unless the endpoint's ``ip_deny``/``ip_allow`` let ``client`` in."""
+    why = addresses.refusal(client)
+    if why is not None:
+        proxy_logger.info("request %s: endpoint %s: refused %s: %s", rid, endpoint, client, why)
+        raise ProblemError(403, "Forbidden",
+                           f"endpoint {endpoint!r} does not accept requests from {client}: "
+                           f"{why}; request id {rid}",
+                           headers={"X-Endpoint-ID": endpoint},
+                           extra={"reason": "ip_denied"})
 
 
 def _too_large(detail: str, headers: dict[str, str]) -> ProblemError:
@@ -309,6 +322,9 @@ class Proxy:
             raise endpoint_not_found(name, "Unknown endpoint")
         route, segments = resolved
         request["endpoint"] = route.name
+        addresses = route.spec.addresses  # ip_allow / ip_deny: None when neither is set
+        if addresses is not None:
+            _check_address(addresses, request.remote or "", route.name, rid)
         guard = route.guard  # None unless the endpoint has auth, rate_limit or cors
         forwarding: Forwarding | None = None
         answer: dict[str, str] | None = None
@@ -429,6 +445,18 @@ class Proxy:
         out = [(k, v) for k, v in src.items() if k.lower() not in dropset]
         if forwarding is not None:
             out += forwarding.add.items()
+        if self.state.config.server.trusted_proxies:
+            by = request.get(FORWARDED_BY)
+            if isinstance(by, str):  # from a trusted proxy: its X-Forwarded-* are believed
+                chain = forwarded_for(src.items())
+                out += (("X-Forwarded-For", f"{chain}, {by}" if chain else by),
+                        ("X-Forwarded-Proto", src.get("X-Forwarded-Proto")
+                         or ("https" if request.secure else "http")),
+                        ("X-Forwarded-Host", src.get("X-Forwarded-Host")
+                         or src.get(hdrs.HOST) or ""),
+                        ("X-Request-ID", rid),
+                        ("Via", via_after(_received_via(src))))
+                return out
         peer = request.remote or ""
         prior = src.get("X-Forwarded-For")
         # Proto and Host describe this hop as the gateway saw it: a client's own values for
@@ -829,6 +857,8 @@ class ProxiedRequest(Protocol):
         """The task serving the request: cancelled if its endpoint is removed meanwhile."""
 
     def __setitem__(self, key: str, value: object, /) -> None: ...
+
+    def get(self, key: str, /) -> object: ...
 
 
 def _uncut() -> None:

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import hdrs, web
 from yarl import URL
 
+from orchd.aiohttp_server import socket_peer
 from orchd.errors import ConfigError, ProblemError
 from orchd.hops import seen_here
 from orchd.log import server_logger
@@ -154,13 +155,14 @@ async def admin_auth_middleware(request: web.Request, handler: Handler) -> web.S
         if not hmac.compare_digest(given.strip().encode(), token.encode()):
             raise ProblemError(403, "Forbidden", "the admin token is wrong")
         return await handler(request)
-    if not _is_loopback(request.remote):
+    peer = socket_peer(request)  # never a forwarded or PROXY header's client (section 11)
+    if not _is_loopback(peer):
         raise ProblemError(403, "Forbidden",
                            "no server.admin_token is set, so admin calls are accepted "
                            "only from loopback clients")
     why = _cross_site(request)
     if why is not None:
-        server_logger.warning("refused an admin call from %s: %s", request.remote, why)
+        server_logger.warning("refused an admin call from %s: %s", peer, why)
         raise ProblemError(403, "Forbidden",
                            f"no server.admin_token is set, so admin calls are accepted only "
                            f"from loopback clients that are not driven by a web page: {why}")
