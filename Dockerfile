@@ -24,7 +24,7 @@ RUN headers=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include
  && apt-get install -y --no-install-recommends gcc libc6-dev $dev \
  && rm -rf /var/lib/apt/lists/*
 RUN python3 -m venv /opt/orchd \
- && /opt/orchd/bin/pip install --no-cache-dir --upgrade pip 'setuptools>=68' wheel
+ && /opt/orchd/bin/pip install --no-cache-dir --upgrade pip 'setuptools>=77' wheel
 ENV PATH=/opt/orchd/bin:$PATH
 WORKDIR /src
 # The dependencies first, from pyproject.toml alone, so that this layer is reused while

@@ -14,7 +14,7 @@ COMPILED := $(addprefix orchd/,front.py http1.py edge_rules.py proxy.py upstream
 
 $(STAMP): pyproject.toml setup.py $(COMPILED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=68'
+	$(BIN)/python -m pip install -q --upgrade pip 'setuptools>=77'
 	ORCHD_PURE=1 $(BIN)/python -m pip install -q -e '.[test,lint]'
 	@# Then compiled (setup.py): mypyc type-checks against the dependencies just installed.
 	$(BIN)/python -m pip install -q --no-build-isolation --no-deps -e .

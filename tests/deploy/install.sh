@@ -9,8 +9,9 @@ cd "$1"
 # (--break-system-packages: Debian's own packages under /usr are left alone).
 python3 - > /tmp/build-requirements.txt <<'PY'
 import tomllib
-project = tomllib.load(open("pyproject.toml", "rb"))["project"]
-print("\n".join(["setuptools>=68", "wheel", *project["dependencies"],
+pyproject = tomllib.load(open("pyproject.toml", "rb"))
+project = pyproject["project"]
+print("\n".join([*pyproject["build-system"]["requires"], "wheel", *project["dependencies"],
                  *project["optional-dependencies"]["lint"]]))
 PY
 python3 -m pip install --quiet --no-warn-script-location --break-system-packages \
