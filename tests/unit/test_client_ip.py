@@ -67,3 +67,22 @@ def test_deny_is_checked_first_and_an_empty_allow_lets_everyone_in() -> None:
     assert deny_only.refusal("198.51.100.1") is None
     assert deny_only.refusal("junk") is None
     assert deny_only.refusal("192.0.2.200") is not None
+
+
+def test_a_bad_range_names_its_key_and_line() -> None:
+    from orchd.errors import ConfigError
+    from orchd.loader import parse_config
+
+    text = ("server:\n  trusted_proxies: [10.0.0.0/8, 10.0.0.1/8]\n"
+            "endpoints:\n  - name: a\n    url: http://127.0.0.1:9\n    ip_deny: [nope]\n")
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, "orchestrator.yaml")
+    found = {(e.path, e.line) for e in caught.value.errors}
+    assert found == {("server.trusted_proxies[1]", 2), ("endpoints[0].ip_deny[0]", 6)}
+    assert all("is not a CIDR range" in e.message for e in caught.value.errors)
+    config = parse_config("server:\n  trusted_proxies: [127.0.0.1]\n  proxy_protocol: true\n"
+                          "endpoints:\n  - {name: a, url: 'http://127.0.0.1:9', "
+                          "ip_allow: ['::1/128']}\n")
+    assert config.server.proxy_protocol and address_in("127.0.0.1", config.server.trusted_proxies)
+    rule = config.endpoints[0].addresses
+    assert rule is not None and rule.refusal("::1") is None
