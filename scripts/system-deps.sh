@@ -20,6 +20,9 @@ test_pkgs=(
   "testssl:testssl.sh"
   "curl:curl"
   "openssl:openssl"
+  # a real load balancer in front (PROXY protocol, X-Forwarded-For)
+  "haproxy:haproxy"
+  "nginx:nginx-light"
 )
 bench_pkgs=(
   "wrk:wrk"
