@@ -92,8 +92,8 @@ clean:
 bench-deps:
 	scripts/system-deps.sh bench
 
-## bench: per-core req/s, p50/p99 of orchd next to nginx, Caddy and a bare aiohttp proxy
-##        (BENCH_ARGS=--quick for one short round)
+## bench: per-core req/s, p50/p99 of orchd next to nginx, Caddy and a bare aiohttp proxy, over HTTP
+##        and HTTPS (BENCH_ARGS=--quick for one short round, BENCH_ARGS=--no-tls without HTTPS)
 bench: $(STAMP) bench-deps
 	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
 

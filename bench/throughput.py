@@ -8,20 +8,30 @@ so slow drift of the machine hits every row alike: compare the ratios, not the a
 figures. Every process started here is stopped by its pid; files live in one temp dir that
 is removed at the end.
 
+With ``--tls`` (the default; ``--no-tls`` skips it) orchd, nginx and Caddy also terminate
+HTTPS on their own port, with one certificate made here (ECDSA P-256, or ``--tls-key rsa``
+for RSA-2048), TLS 1.2 and 1.3, the same TLS 1.2 suites (orchd's, Mozilla intermediate) and
+ALPN http/1.1, forwarding over plain HTTP to the same backend; the rows are interleaved with
+the plain ones in every round and printed as their own table: keep-alive at both body sizes,
+and a new connection (a full handshake: wrk does not resume sessions) for every request.
+
 Usage: python bench/throughput.py [--quick] [--rounds N] [--duration S] [--connections C]
-                               [--ceiling] [--compare DIR]
+                               [--ceiling] [--compare DIR] [--no-tls] [--tls-key KIND]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
+import ipaddress
 import json
 import os
 import re
 import shutil
 import signal
 import socket
+import ssl
 import statistics
 import subprocess
 import sys
@@ -32,11 +42,28 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = ROOT / ".venv" / "bin" / "python"
 PROXY_CPU, LOAD_CPU = 0, 1
 SIZES = {"small": 100, "big": 64 * 1024}
 SIZE_LABEL = {"small": "~100 B", "big": "64 KiB"}
+# The HTTPS modes: keep-alive at both sizes, then one full handshake per request.
+TLS_MODES = {"small": "small", "big": "big", "handshake": "small"}
+TLS_LABEL = {**SIZE_LABEL, "handshake": "~100 B, new connection each"}
+CLOSE = "Connection: close"
+# orchd's TLS 1.2 suites (orchd/tls.py CIPHERS_TLS12), in OpenSSL's and Go's spelling.
+TLS12_OPENSSL = ("ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+                 "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+                 "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305")
+TLS12_GO = ("TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256 TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 "
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384 TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384 "
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256 "
+            "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -127,6 +154,7 @@ class Row:
     port: int
     prefix: str
     proc: Proc | None = None
+    scheme: str = "http"
     results: dict[str, list[Result]] = field(default_factory=dict)
     rss: list[int] = field(default_factory=list)
 
@@ -137,6 +165,9 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="orchd-bench-"))
         os.chmod(self.tmp, 0o755)  # nginx workers (user nobody) read the backend's files
         self.procs: list[Proc] = []
+        self.cert = self.tmp / "tls" / "cert.pem"
+        self.key = self.tmp / "tls" / "key.pem"
+        self.client_ssl: ssl.SSLContext | None = None  # trusts self.cert, once made
         cpus = os.sched_getaffinity(0)
         self.pin = PROXY_CPU in cpus and LOAD_CPU in cpus
         if not self.pin:
@@ -164,7 +195,7 @@ class Bench:
             if proc.popen.poll() is not None:
                 raise SystemExit(f"{proc.name} exited: {proc.log.read_text()[-2000:]}")
             try:
-                with urllib.request.urlopen(url, timeout=2) as r:
+                with urllib.request.urlopen(url, timeout=2, context=self.client_ssl) as r:
                     if r.status == 200:
                         return
             except OSError:
@@ -176,6 +207,47 @@ class Bench:
         for proc in reversed(self.procs):
             proc.stop()
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+    # -- TLS
+
+    def make_certificate(self, kind: str) -> None:
+        """One self-signed certificate for 127.0.0.1 and localhost, shared by every HTTPS
+        row, and a client context that trusts it (for the readiness checks)."""
+        key: ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+        if kind == "rsa":
+            key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+        else:
+            key = ec.generate_private_key(ec.SECP256R1())
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "orchd bench")])
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (x509.CertificateBuilder()
+                .subject_name(name).issuer_name(name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1))
+                .not_valid_after(now + datetime.timedelta(days=30))
+                .add_extension(x509.SubjectAlternativeName([
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                    x509.DNSName("localhost")]), critical=False)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(key, hashes.SHA256()))
+        self.cert.parent.mkdir()
+        self.cert.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        self.key.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                               serialization.PrivateFormat.PKCS8,
+                                               serialization.NoEncryption()))
+        os.chmod(self.key, 0o600)
+        self.client_ssl = ssl.create_default_context(cafile=str(self.cert))
+
+    def negotiated(self, row: Row) -> str:
+        """What a default OpenSSL client offering ALPN http/1.1 gets from the row."""
+        assert self.client_ssl is not None
+        ctx = ssl.create_default_context(cafile=str(self.cert))
+        ctx.set_alpn_protocols(["http/1.1"])
+        with socket.create_connection(("127.0.0.1", row.port), timeout=5) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            cipher = tls.cipher()
+            return (f"{tls.version()} {cipher[0] if cipher else '?'} "
+                    f"ALPN {tls.selected_alpn_protocol()}")
 
     # -- the backend and the proxies
 
@@ -219,14 +291,23 @@ http {{
         proc.port = port
         return proc
 
-    def start_nginx(self, backend: int) -> Row:
+    def start_nginx(self, backend: int, tls: bool = False) -> Row:
         port = free_port()
-        conf = self.nginx_conf("nginx", f"""  upstream backend {{
+        name = "nginx-tls" if tls else "nginx"
+        # orchd's choices: TLS 1.2 with its suites in its order, server preference, TLS 1.3
+        # with OpenSSL's default suites, no compression, session tickets on (the defaults).
+        https = f""" ssl;
+    ssl_certificate {self.cert};
+    ssl_certificate_key {self.key};
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_ciphers {TLS12_OPENSSL};
+    ssl_prefer_server_ciphers on;""" if tls else ";"
+        conf = self.nginx_conf(name, f"""  upstream backend {{
     server 127.0.0.1:{backend};
     keepalive 128;
   }}
   server {{
-    listen 127.0.0.1:{port} backlog=4096;
+    listen 127.0.0.1:{port} backlog=4096{https}
     location / {{
       proxy_pass http://backend;
       proxy_http_version 1.1;
@@ -236,21 +317,35 @@ http {{
       proxy_busy_buffers_size 32k;
     }}
   }}""")
-        proc = self.spawn("nginx", PROXY_CPU, [nginx_bin(), "-e", "stderr", "-c", str(conf)])
-        self.wait_http(proc, f"http://127.0.0.1:{port}/health")
-        return Row("nginx 1 worker", port, "/", proc)
+        proc = self.spawn(name, PROXY_CPU, [nginx_bin(), "-e", "stderr", "-c", str(conf)])
+        scheme = "https" if tls else "http"
+        self.wait_http(proc, f"{scheme}://127.0.0.1:{port}/health")
+        return Row("nginx 1 worker" + (", HTTPS" if tls else ""), port, "/", proc, scheme)
 
-    def start_caddy(self, backend: int) -> Row:
+    def start_caddy(self, backend: int, tls: bool = False) -> Row:
         port = free_port()
-        d = self.tmp / "caddy"
+        name = "caddy-tls" if tls else "caddy"
+        d = self.tmp / name
         d.mkdir()
         caddyfile = d / "Caddyfile"
+        scheme = "https" if tls else "http"
+        # HTTP/1.1 only (no h2, no h3 listener); TLS 1.2 with orchd's suites (Go picks the
+        # order itself), TLS 1.3 with Go's fixed suites; ALPN http/1.1.
+        https = f"""
+  tls {self.cert} {self.key} {{
+    protocols tls1.2 tls1.3
+    ciphers {TLS12_GO}
+    alpn http/1.1
+  }}""" if tls else ""
         caddyfile.write_text(f"""{{
   admin off
   auto_https off
   storage file_system {d}/data
+  servers {{
+    protocols h1
+  }}
 }}
-http://127.0.0.1:{port} {{
+{scheme}://127.0.0.1:{port} {{{https}
   reverse_proxy 127.0.0.1:{backend} {{
     transport http {{
       keepalive 2m
@@ -262,10 +357,10 @@ http://127.0.0.1:{port} {{
 """)
         env = {"GOMAXPROCS": "1", "HOME": str(d), "XDG_DATA_HOME": str(d),
                "XDG_CONFIG_HOME": str(d)}
-        proc = self.spawn("caddy", PROXY_CPU, ["caddy", "run", "--config", str(caddyfile),
-                                               "--adapter", "caddyfile"], env)
-        self.wait_http(proc, f"http://127.0.0.1:{port}/health")
-        return Row("Caddy GOMAXPROCS=1", port, "/", proc)
+        proc = self.spawn(name, PROXY_CPU, ["caddy", "run", "--config", str(caddyfile),
+                                            "--adapter", "caddyfile"], env)
+        self.wait_http(proc, f"{scheme}://127.0.0.1:{port}/health")
+        return Row("Caddy GOMAXPROCS=1" + (", HTTPS" if tls else ""), port, "/", proc, scheme)
 
     def start_bare(self, backend: int) -> Row:
         port = free_port()
@@ -287,13 +382,18 @@ http://127.0.0.1:{port} {{
         return Row(label, port, "/", proc)
 
     def start_orchd(self, backend: int, name: str, access_log: bool,
-                    tree: Path | None = None) -> Row:
+                    tree: Path | None = None, tls: bool = False) -> Row:
         port = free_port()
         d = self.tmp / name
         d.mkdir()
         config = d / "orchestrator.yaml"
+        https = f"""
+  tls:
+    certificates:
+      - {{cert_file: {self.cert}, key_file: {self.key}}}
+    min_version: '1.2'""" if tls else ""
         config.write_text(f"""server:
-  access_log: {str(access_log).lower()}
+  access_log: {str(access_log).lower()}{https}
 log_level: INFO
 endpoints:
   - name: bench
@@ -315,29 +415,31 @@ circuit_breaker:
         else:  # another checkout (built in place): its orchd package comes first on the path
             proc = self.spawn(name, PROXY_CPU, [str(PY), "-m", "orchd", *flags],
                               env={"PYTHONPATH": str(tree)})
-        self.wait_http(proc, f"http://127.0.0.1:{port}/health/ready")
+        scheme = "https" if tls else "http"
+        self.wait_http(proc, f"{scheme}://127.0.0.1:{port}/health/ready")
         # Measure it as it runs in production: metrics served, the target actively checked.
-        self.wait_http(proc, f"http://127.0.0.1:{port}/metrics")
+        self.wait_http(proc, f"{scheme}://127.0.0.1:{port}/metrics")
         deadline = time.monotonic() + 20
         while True:
-            with urllib.request.urlopen(
-                    f"http://127.0.0.1:{port}/health/endpoints/bench", timeout=2) as r:
+            with urllib.request.urlopen(f"{scheme}://127.0.0.1:{port}/health/endpoints/bench",
+                                        timeout=2, context=self.client_ssl) as r:
                 if json.load(r).get("status") == "healthy":
                     break
             if time.monotonic() > deadline:
                 raise SystemExit(f"{name}: the health checks never marked the backend healthy")
             time.sleep(0.2)
-        label = "orchd" + ("" if access_log else ", access log off")
+        label = "orchd" + ("" if access_log else ", access log off") + (", HTTPS" if tls else "")
         if tree is not None:
             label += f" ({tree.name})"
-        return Row(label, port, "/orchestrator/bench/", proc)
+        return Row(label, port, "/orchestrator/bench/", proc, scheme)
 
     # -- load
 
     def wrk(self, url: str, seconds: float, connections: int, proc: Proc | None = None,
-            cpu: int = LOAD_CPU) -> Result:
+            cpu: int = LOAD_CPU, header: str | None = None) -> Result:
+        extra = ["-H", header] if header is not None else []
         argv = self.taskset(cpu, ["wrk", "-t1", f"-c{connections}", f"-d{int(seconds)}s",
-                                  "--latency", "--timeout", "5s", url])
+                                  "--latency", "--timeout", "5s", *extra, url])
         before = proc.cpu_seconds() if proc is not None else 0.0
         out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
         res = parse_wrk(out)
@@ -347,8 +449,8 @@ circuit_breaker:
 
     def check(self, row: Row) -> None:
         for name, size in SIZES.items():
-            url = f"http://127.0.0.1:{row.port}{row.prefix}{name}"
-            with urllib.request.urlopen(url, timeout=5) as r:
+            url = f"{row.scheme}://127.0.0.1:{row.port}{row.prefix}{name}"
+            with urllib.request.urlopen(url, timeout=5, context=self.client_ssl) as r:
                 body = r.read()
             if r.status != 200 or len(body) != size:
                 raise SystemExit(f"{row.label}: {url} answered {r.status}, {len(body)} bytes")
@@ -391,13 +493,14 @@ def _cpu(res: list[Result]) -> float | None:
     return statistics.median(values) if values else None
 
 
-def table(rows: list[Row], nginx: Row, caddy: Row) -> Iterator[str]:
+def table(rows: list[Row], nginx: Row, caddy: Row,
+          labels: dict[str, str] = SIZE_LABEL) -> Iterator[str]:
     """Throughput ratios as measured, and CPU per request: on a shared machine a proxy may
     get less than its whole core, and CPU time per request does not depend on that."""
     yield ("| proxy (1 core) | body | req/s | p50 | p99 | errors / non-2xx "
            "| ratio to nginx | ratio to Caddy | CPU µs/req | CPU ratio to Caddy |")
     yield "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"
-    for size in SIZES:
+    for size in labels:
         ref_n = statistics.median(r.rps for r in nginx.results[size])
         ref_c = statistics.median(r.rps for r in caddy.results[size])
         cpu_c = _cpu(caddy.results[size])
@@ -414,9 +517,23 @@ def table(rows: list[Row], nginx: Row, caddy: Row) -> Iterator[str]:
                 # > 1 means this row spends less CPU per request than Caddy
                 rel = f"{cpu_c / cpu:.2f}" if cpu_c else "-"
                 cpu_cells = f"| {cpu:.0f} | {rel} |"
-            yield (f"| {row.label} | {SIZE_LABEL[size]} | {rps:,.0f} | {fmt_us(p50)} "
+            yield (f"| {row.label} | {labels[size]} | {rps:,.0f} | {fmt_us(p50)} "
                    f"| {fmt_us(p99)} | {err} / {bad} | {rps / ref_n:.2f} | {rps / ref_c:.2f} "
                    + cpu_cells)
+
+
+def tls_summary(orchd: Row, orchd_tls: Row, caddy_tls: Row) -> Iterator[str]:
+    """orchd over HTTPS against its own plain HTTP (CPU per request) and against Caddy
+    over HTTPS (req/s), on the keep-alive rows."""
+    for size in SIZES:
+        plain, tls = _cpu(orchd.results[size]), _cpu(orchd_tls.results[size])
+        rps = statistics.median(r.rps for r in orchd_tls.results[size])
+        ref = statistics.median(r.rps for r in caddy_tls.results[size])
+        cpu = (f"{tls / plain:.2f}x ({tls:.0f} / {plain:.0f} µs)"
+               if tls is not None and plain else "-")
+        yield (f"* {SIZE_LABEL[size]}, keep-alive: orchd CPU per request, HTTPS ÷ HTTP = "
+               f"{cpu} (target ≤ 1.5x); orchd req/s ÷ Caddy's over HTTPS = "
+               f"{rps / ref:.2f} ({rps:,.0f} / {ref:,.0f}; target ≥ 1)")
 
 
 def c1_table(c1: dict[str, list[Result]], direct: str) -> Iterator[str]:
@@ -443,6 +560,11 @@ def run(args: argparse.Namespace) -> int:
         orchd = bench.start_orchd(backend, "orchd", access_log=True)
         quiet = bench.start_orchd(backend, "orchd-nolog", access_log=False)
         rows = [direct, nginx, caddy, bare, orchd, quiet]
+        tls_rows: list[Row] = []
+        if args.tls:  # HTTPS: the same certificate and TLS choices for the three
+            bench.make_certificate(args.tls_key)
+            tls_rows = [bench.start_nginx(backend, tls=True), bench.start_caddy(backend, tls=True),
+                        bench.start_orchd(backend, "orchd-tls", True, tls=True)]
         if args.compare is not None:  # A/B: the same rows from another checkout, interleaved
             rows += [bench.start_orchd(backend, "orchd-b", True, args.compare),
                      bench.start_orchd(backend, "orchd-b-nolog", False, args.compare)]
@@ -453,6 +575,13 @@ def run(args: argparse.Namespace) -> int:
             bench.check(row)
             for size in SIZES:  # warm up: connections, caches, the first allocations
                 bench.wrk(f"http://127.0.0.1:{row.port}{row.prefix}{size}", 1, args.connections)
+        negotiated: dict[str, str] = {}
+        for row in tls_rows:
+            bench.check(row)
+            negotiated[row.label] = bench.negotiated(row)
+            for mode, path in TLS_MODES.items():
+                bench.wrk(f"https://127.0.0.1:{row.port}{row.prefix}{path}", 1, args.connections,
+                          header=CLOSE if mode == "handshake" else None)
         for rnd in range(args.rounds):
             order = rows if rnd % 2 == 0 else list(reversed(rows))
             for size in SIZES:
@@ -460,6 +589,13 @@ def run(args: argparse.Namespace) -> int:
                     url = f"http://127.0.0.1:{row.port}{row.prefix}{size}"
                     res = bench.wrk(url, args.duration, args.connections, row.proc)
                     row.results.setdefault(size, []).append(res)
+            tls_order = tls_rows if rnd % 2 == 0 else list(reversed(tls_rows))
+            for mode, path in TLS_MODES.items():
+                for row in tls_order:
+                    url = f"https://127.0.0.1:{row.port}{row.prefix}{path}"
+                    res = bench.wrk(url, args.duration, args.connections, row.proc,
+                                    header=CLOSE if mode == "handshake" else None)
+                    row.results.setdefault(mode, []).append(res)
             for row in (orchd, quiet):
                 assert row.proc is not None
                 row.rss.append(row.proc.rss_kib())
@@ -489,6 +625,23 @@ def run(args: argparse.Namespace) -> int:
         for line in table(rows, nginx, caddy):
             print(line)
         print()
+        if tls_rows:
+            nginx_tls, caddy_tls, orchd_tls = tls_rows
+            print(f"HTTPS ({args.tls_key.upper()} certificate, "
+                  f"{'RSA-2048' if args.tls_key == 'rsa' else 'P-256'}; the proxy terminates "
+                  "TLS and forwards over plain HTTP), the same rounds; the last rows open a "
+                  f"new connection for every request (wrk -H '{CLOSE}': one full handshake "
+                  "each, so req/s = handshakes/s):")
+            print()
+            for line in table(tls_rows, nginx_tls, caddy_tls, TLS_LABEL):
+                print(line)
+            print()
+            for line in tls_summary(orchd, orchd_tls, caddy_tls):
+                print(line)
+            print()
+            for label, what in negotiated.items():
+                print(f"{label}: negotiated with an OpenSSL client: {what}")
+            print()
         print("Concurrency 1 (wrk -t1 -c1, ~100 B body), medians:")
         print()
         for line in c1_table(c1, direct.label):
@@ -503,7 +656,7 @@ def run(args: argparse.Namespace) -> int:
             print()
         for row in (orchd, quiet):
             print(f"{row.label}: RSS after each round (KiB): {', '.join(map(str, row.rss))}")
-        failed = [r for r in rows if any(x.errors or x.non2xx
+        failed = [r for r in rows + tls_rows if any(x.errors or x.non2xx
                                          for res in r.results.values() for x in res)]
         for row in failed:
             print(f"ERRORS: {row.label}", file=sys.stderr)
@@ -525,6 +678,12 @@ def main() -> None:
     p.add_argument("--compare", type=Path, metavar="DIR",
                    help="add orchd rows run from another checkout DIR (its request path built "
                         "in place: python setup.py build_ext --inplace), for A/B figures")
+    p.add_argument("--tls", action=argparse.BooleanOptionalAction, default=True,
+                   help="HTTPS rows for orchd, nginx and Caddy (on by default; --no-tls "
+                        "skips them): keep-alive at both sizes and a new connection per "
+                        "request")
+    p.add_argument("--tls-key", choices=("ecdsa", "rsa"), default="ecdsa",
+                   help="the certificate's key: ECDSA P-256 (default) or RSA-2048")
     args = p.parse_args()
     if args.compare is not None:
         args.compare = args.compare.resolve()
