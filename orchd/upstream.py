@@ -9,8 +9,11 @@ uses) into a status, a header list and body chunks that are handed on as they ar
 no copy and no per-chunk task. Flow control holds both ways: the request body waits for the
 upstream socket to drain, and a slow client pauses reading from the upstream.
 
-What it does not do: WebSocket upgrades and health probes keep using aiohttp's client; this
-module speaks plain HTTP/1.1 (TLS included) request/response and nothing else.
+Health probes use a pool of their own (orchd/health.py): one request, the body read and
+dropped up to a limit (``UpstreamResponse.discard``), the connection kept for the next probe.
+
+What it does not do: WebSocket upgrades keep using aiohttp's client; this module speaks plain
+HTTP/1.1 (TLS included) request/response and nothing else.
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ from orchd.errors import UpstreamBroke, UpstreamConnectError
 from orchd.model import UpstreamTls
 from orchd.tls import TlsError, upstream_context
 
-__all__ = ("Body", "UpstreamBroke", "UpstreamConnectError", "UpstreamPool", "UpstreamResponse")
+__all__ = ("AddressRefused", "Body", "UpstreamBroke", "UpstreamConnectError", "UpstreamPool",
+           "UpstreamResponse")
 
 # What the pool hands over of a body: bytes, or a view into what the socket delivered.
 Body = bytes | memoryview
@@ -42,6 +46,17 @@ MAX_RESPONSE_HEAD: Final = 64 * 1024
 # How often the deadlines of requests waiting for an answer's head are checked (seconds):
 # a timeout is noticed at most this late.
 DEADLINE_TICK: Final = 0.05
+
+
+class AddressRefused(Exception):
+    """Why ``server.allowed_upstreams`` refused the address a host led to: the cause
+    (``__cause__``) of the ``UpstreamConnectError`` the pool raises then, for callers that
+    show the rule apart from the connect error (the health checker)."""
+
+    def __init__(self, host: str, reason: str) -> None:
+        super().__init__(f"{host}: {reason}")
+        self.host = host
+        self.reason = reason
 
 
 class _Origin:
@@ -124,6 +139,31 @@ class UpstreamResponse:
         if conn.exc is not None:
             raise conn.exc
         return self.take_buffered()
+
+    async def discard(self, limit: int, deadline: float) -> bool:
+        """Read the body and drop it (a health probe's): True when it ended within ``limit``
+        bytes, False when more came (the connection is then not reused). ``deadline`` is in
+        loop time; raises ``UpstreamBroke`` or ``TimeoutError`` as ``chunks()`` does."""
+        conn = self._conn
+        if conn is None or self.head_only:
+            return True
+        seen = 0
+        while True:
+            if conn.chunks:
+                seen += conn.buffered
+                conn.chunks.clear()
+                conn.buffered = 0
+                if seen > limit:
+                    return False
+                conn.maybe_resume()
+            if conn.exc is not None:
+                raise conn.exc
+            if conn.eof:
+                return True
+            left = deadline - conn._loop.time()
+            if left <= 0:
+                raise TimeoutError("the upstream's body did not end in time")
+            await conn.wait_body(left)
 
     def release(self) -> None:
         conn, self._conn = self._conn, None
@@ -311,7 +351,9 @@ class _Connection(asyncio.Protocol):
             self._wake()
         if not self.eof or self.head_pending():
             why = f"connection lost: {exc}" if exc else "the upstream closed the connection"
-            self._fail(UpstreamBroke(why))
+            broke = UpstreamBroke(why)
+            broke.__cause__ = exc  # a TLS alert, a reset: for callers that tell them apart
+            self._fail(broke)
         drain, self._drain = self._drain, None
         if drain is not None and not drain.done():
             drain.set_exception(UpstreamBroke("the upstream closed the connection"))
@@ -530,7 +572,7 @@ class UpstreamPool:
                 try:
                     context = upstream_context(tls)
                 except TlsError as exc:  # a file that loaded at registration is gone
-                    raise UpstreamConnectError(errno.EIO, str(exc)) from None
+                    raise UpstreamConnectError(errno.EIO, str(exc)) from exc
                 origin = _Origin(scheme, host, port, context, tls.server_name)
             else:
                 if scheme == "https" and self._ssl is None:
@@ -700,7 +742,8 @@ class UpstreamPool:
                if self.check_address and peer else None)
         if why is not None:
             conn.close()
-            raise UpstreamConnectError(errno.EACCES, f"{origin.host} resolved to {why}")
+            raise UpstreamConnectError(errno.EACCES, f"{origin.host} resolved to {why}") \
+                from AddressRefused(origin.host, why)
         return conn
 
     def put_back(self, conn: _Connection) -> None:

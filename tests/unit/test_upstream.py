@@ -12,7 +12,7 @@ import pytest
 import uvloop
 from aiohttp import web
 
-from orchd.upstream import UpstreamBroke, UpstreamConnectError, UpstreamPool
+from orchd.upstream import AddressRefused, UpstreamBroke, UpstreamConnectError, UpstreamPool
 from tests.support import Upstream, echo_app, free_port
 
 RawHandler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -314,3 +314,79 @@ async def test_no_head_before_the_deadline_is_a_timeout(pool: UpstreamPool) -> N
         with pytest.raises(TimeoutError):
             await pool.request(origin, "POST", "/", [], _gen([b"x"] * 3), 3, 5.0, timeout=0.2)
     assert pool.idle_count() == 0
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+async def test_discard_drops_a_body_and_keeps_the_connection(pool: UpstreamPool,
+                                                             chunked: bool) -> None:
+    body = b"y" * 3000
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while True:
+            await read_head(reader)
+            if chunked:
+                writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+            else:
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s"
+                             % (len(body), body))
+            await writer.drain()
+
+    async with raw_server(answer) as port:
+        origin = pool.origin("http", "127.0.0.1", port)
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            resp = await pool.request(origin, "GET", "/h", [], None, None, 5.0, 5.0)
+            try:
+                assert await resp.discard(len(body), loop.time() + 5.0) is True
+                assert resp.take_buffered() == b""
+            finally:
+                resp.release()
+        assert pool.opened == 1
+
+
+async def test_discard_stops_past_its_limit(pool: UpstreamPool, echo: Upstream) -> None:
+    origin = pool.origin("http", "127.0.0.1", echo.port)
+    loop = asyncio.get_running_loop()
+    resp = await pool.request(origin, "POST", "/big", [], _gen([b"z" * 200000]), 200000,
+                              5.0)
+    try:
+        assert await resp.discard(1000, loop.time() + 5.0) is False
+    finally:
+        resp.release()
+    assert pool.idle_count() == 0  # not read to its end: closed, not kept
+
+
+async def test_discard_gives_up_at_the_deadline(pool: UpstreamPool) -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
+        await writer.drain()
+        await asyncio.sleep(5)
+
+    async with raw_server(stall) as port:
+        origin = pool.origin("http", "127.0.0.1", port)
+        loop = asyncio.get_running_loop()
+        resp = await pool.request(origin, "GET", "/h", [], None, None, 5.0, 5.0)
+        started = loop.time()
+        try:
+            with pytest.raises(TimeoutError):
+                await resp.discard(1 << 20, started + 0.2)
+        finally:
+            resp.release()
+        assert loop.time() - started < 1.0
+        assert pool.idle_count() == 0
+
+
+async def test_a_refused_address_names_the_host_and_the_rule(pool: UpstreamPool,
+                                                             echo: Upstream) -> None:
+    pool.check_address = lambda ip, port: f"{ip} is denied by the rule '!{ip}'"
+    origin = pool.origin("http", "localhost", echo.port)
+    with pytest.raises(UpstreamConnectError) as raised:
+        await pool.request(origin, "GET", "/", [], None, None, 5.0)
+    assert raised.value.strerror is not None
+    assert raised.value.strerror.startswith("localhost resolved to ")
+    cause = raised.value.__cause__
+    assert isinstance(cause, AddressRefused) and cause.host == "localhost"
+    assert str(cause).startswith("localhost: ") and "is denied by the rule" in cause.reason
+    assert echo.requests == []
