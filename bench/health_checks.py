@@ -11,6 +11,10 @@ as orchd's), writes a configuration with ``--endpoints`` endpoints spread over t
   of one core;
 * probes sent per second and how many endpoints were healthy at the end.
 
+The figures are meaningful for the compiled build only (setup.py's mypyc modules, the probes'
+upstream pool among them); the first line says which one the tree at hand holds. orchd is run
+from this tree (``python -m orchd`` in its directory).
+
 With ``--baseline`` it first runs the same endpoints with health checks disabled for the
 same duration, so the difference is what the checks cost.
 
@@ -56,6 +60,12 @@ def serve_backends(ports: list[int], ready: Any) -> None:
         await asyncio.Event().wait()
 
     uvloop.run(main())
+
+
+def build_of(root: Path) -> str:
+    """Whether orchd in ``root`` runs compiled: mypyc's extension of the upstream pool."""
+    compiled = list((root / "orchd").glob("upstream.*.so"))
+    return "compiled (mypyc)" if compiled else "pure Python: build_ext --inplace first"
 
 
 def cpu_seconds(pid: int) -> float:
@@ -138,7 +148,8 @@ async def main() -> None:
         if not ready.wait(30):
             raise SystemExit("the backends did not start")
         print(f"orchd with {args.endpoints} endpoints over {args.backends} backends, "
-              f"health checks every {args.interval:g}s, {os.cpu_count()} CPUs", flush=True)
+              f"health checks every {args.interval:g}s, {os.cpu_count()} CPUs; orchd from {ROOT}, "
+              f"{build_of(ROOT)}", flush=True)
         runs = [False, True] if args.baseline else [True]
         for enabled in runs:
             load = os.getloadavg()[0]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiohttp import web
+
 from tests.integration.resilience import (
     Backend,
     EventReader,
@@ -204,3 +206,21 @@ async def test_probes_stop_when_a_target_goes_away(orchd_factory, upstream_facto
     # may have been under way when the reload landed)
     await until(lambda: len(kept.probes) >= seen + 5, what="five more probes of the kept target")
     assert len(gone.probes) <= after_reload + 1
+
+
+async def test_probes_keep_their_connection_from_one_round_to_the_next(orchd_factory,
+                                                                       upstream_factory):
+    peers: list[int] = []
+
+    async def health(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        peers.append(request.transport.get_extra_info("peername")[1])
+        return web.json_response({"status": "ok"})
+
+    app = web.Application()
+    app.router.add_get("/health", health)
+    up = await upstream_factory(app)
+    orchd_factory(base_config({"name": "svc", "url": f"{up.url}/api",
+                               "health_check_path": "/health"}, health_check=FAST))
+    await until(lambda: len(peers) >= 6, what="six probes")
+    assert len(set(peers)) == 1, peers  # one kept connection, reused every interval
