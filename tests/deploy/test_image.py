@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -80,6 +81,7 @@ class Container:
         self.config = config
         self.port = port
         self.mounts = ["-v", f"{state}:/var/lib/orchd", "-v", f"{rundir}:/run/orchd"]
+        self.state, self.rundir = state, rundir
         # tini is not process 1 here (no PID namespace): it must still reap orchd's children.
         self.env = ["-e", f"PORT={port}", "-e", "TINI_SUBREAPER=1"]
         self.name = buildah("from", "--pull-never", IMAGE)
@@ -87,6 +89,22 @@ class Container:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Container:
+        # `buildah run --isolation chroot` now and then starts the command without its bind
+        # mounts in place (seen here about one start in ten): orchd then writes its state into
+        # the container's own layer, and what the volume promises cannot be checked. A start
+        # counts only once orchd's lock and control socket are seen on the host; otherwise the
+        # working container is replaced and started again (at most 3 tries, each logged).
+        for attempt in range(1, 4):
+            self._run()
+            if self._mounted():
+                return self
+            print(f"{self.name}: the volumes were not mounted in the container "
+                  f"(try {attempt}); starting a new one", file=sys.stderr)
+            self.remove()
+            self.name = buildah("from", "--pull-never", IMAGE)
+        raise AssertionError("buildah run never mounted the state and runtime volumes")
+
+    def _run(self) -> None:
         argv = (self.config.get("Entrypoint") or []) + (self.config.get("Cmd") or [])
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -96,7 +114,41 @@ class Container:
         wait_until(lambda: self.health() == 200 or self.proc.poll() is not None, timeout=60,
                    what="orchd in the container to answer /health")
         assert self.proc.poll() is None, self.log.read_text()[-3000:]
-        return self
+
+    def _mounted(self) -> bool:
+        """The running orchd sees both volumes mounted (its own /proc/PID/mountinfo)."""
+        pid = self._orchd_pid()
+        if pid is None:
+            return False
+        try:
+            mounts = {line.split()[4] for line in
+                      Path(f"/proc/{pid}/mountinfo").read_text().splitlines()}
+        except OSError:
+            return False
+        return {"/var/lib/orchd", "/run/orchd"} <= mounts
+
+    def _orchd_pid(self) -> int | None:
+        """The orchd process below this container's buildah process."""
+        assert self.proc is not None
+        parents: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+        for pid in parents:
+            ancestor = parents.get(pid)
+            while ancestor and ancestor != self.proc.pid:
+                ancestor = parents.get(ancestor)
+            if ancestor != self.proc.pid:
+                continue
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(arg.endswith(b"/orchd") for arg in argv[:2]):
+                return pid
+        return None
 
     def health(self) -> int | None:
         try:
