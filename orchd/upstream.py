@@ -59,6 +59,15 @@ class AddressRefused(Exception):
         self.reason = reason
 
 
+def _connect_error(code: int | None, message: str,
+                   cause: BaseException) -> UpstreamConnectError:
+    """An ``UpstreamConnectError`` with its ``__cause__`` set by hand: in the module compiled
+    by mypyc, ``raise ... from cause`` does not set it (the callers' ``from`` is for Python)."""
+    error = UpstreamConnectError(code, message)
+    error.__cause__ = cause
+    return error
+
+
 class _Origin:
     """Where connections go, and the idle ones waiting to be reused (newest last)."""
 
@@ -572,7 +581,7 @@ class UpstreamPool:
                 try:
                     context = upstream_context(tls)
                 except TlsError as exc:  # a file that loaded at registration is gone
-                    raise UpstreamConnectError(errno.EIO, str(exc)) from exc
+                    raise _connect_error(errno.EIO, str(exc), exc) from exc
                 origin = _Origin(scheme, host, port, context, tls.server_name)
             else:
                 if scheme == "https" and self._ssl is None:
@@ -735,15 +744,15 @@ class UpstreamPool:
         except OSError as exc:
             if isinstance(exc, UpstreamConnectError):
                 raise
-            raise UpstreamConnectError(exc.errno, exc.strerror or str(exc)) from exc
+            raise _connect_error(exc.errno, exc.strerror or str(exc), exc) from exc
         self.opened += 1
         peer = transport.get_extra_info("peername") if self.check_address else None
         why = (self.check_address(str(peer[0]), int(peer[1]))
                if self.check_address and peer else None)
         if why is not None:
             conn.close()
-            raise UpstreamConnectError(errno.EACCES, f"{origin.host} resolved to {why}") \
-                from AddressRefused(origin.host, why)
+            raise _connect_error(errno.EACCES, f"{origin.host} resolved to {why}",
+                                 AddressRefused(origin.host, why))
         return conn
 
     def put_back(self, conn: _Connection) -> None:
