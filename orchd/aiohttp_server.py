@@ -63,7 +63,7 @@ class GuardedHandler(RequestHandler):
 
     __slots__ = ("_awaiting_head", "_body", "_body_handle", "_body_mark", "_guard",
                  "_head_bytes", "_head_handle", "_line", "_send_handle", "limits", "peer",
-                 "trusted")
+                 "secure", "trusted")
 
     def __init__(self, manager: GuardedServer, limits: ServerSettings, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -79,12 +79,19 @@ class GuardedHandler(RequestHandler):
         self._body_mark = 0
         self.peer: str | None = None  # None: the socket's peer is the connection's
         self.trusted: Networks = ()  # server.trusted_proxies, when ``peer`` is in them
+        # Relayed by a worker (orchd.workers): whether the client's connection is TLS (the
+        # socket here is not); None for a connection of its own.
+        self.secure: bool | None = None
 
     def set_peer(self, peer: str, trusted: Networks) -> None:
         """The connection's peer as ``orchd.front`` found it (a PROXY header's), and
         ``trusted`` (server.trusted_proxies) if it is a trusted proxy, else empty."""
         self.peer = peer
         self.trusted = trusted
+
+    def relayed(self, secure: bool) -> None:
+        """A worker relays this connection; its client's is TLS when ``secure``."""
+        self.secure = secure
 
     # -- connection
 
@@ -314,7 +321,11 @@ class GuardedServer(web.Server):
         """The app's request, its ``remote`` the client of design section 11 when the
         connection's peer is not simply the socket's (``GuardedHandler.set_peer``)."""
         request = self._base_factory(message, payload, protocol, writer, task)
-        if not isinstance(protocol, GuardedHandler) or protocol.peer is None:
+        if not isinstance(protocol, GuardedHandler):
+            return request
+        if protocol.secure:
+            request = request.clone(scheme="https")
+        if protocol.peer is None:
             return request
         peer, trusted = protocol.peer, protocol.trusted
         client = peer

@@ -4,6 +4,10 @@
 Every caller that got ``True`` from ``acquire()`` reports back exactly once with
 ``success()``, ``failure(reason)`` or ``release()`` (the outcome said nothing about the
 upstream, e.g. the client went away).
+
+In a worker process (``server.workers`` above 1) a breaker *follows* the supervisor's: its
+outcomes are told to ``reporter`` (a failure always, a success only when it can change
+something) instead of moving the breaker, and ``follow()`` sets what the supervisor decided.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ HALF_OPEN = "half_open"
 FORCED_OPEN = "forced_open"
 
 Listener = Callable[["CircuitBreaker", str, str, str], None]
+Reporter = Callable[[bool, str], None]  # (succeeded, reason)
 
 
 class CircuitBreaker:
@@ -29,6 +34,7 @@ class CircuitBreaker:
         "_clock",
         "_listener",
         "_opened_at",
+        "_reporter",
         "_state",
         "_wall",
         "failure_count",
@@ -53,6 +59,7 @@ class CircuitBreaker:
         self._clock = clock
         self._wall = wall
         self._listener = listener
+        self._reporter: Reporter | None = None
         self._state = CLOSED
         self._opened_at = 0.0
         self.failure_count = 0
@@ -106,6 +113,11 @@ class CircuitBreaker:
     def success(self) -> None:
         self.total_successes += 1
         self.last_success_time = self._wall()
+        reporter = self._reporter
+        if reporter is not None:
+            if self.failure_count or self.state == HALF_OPEN:
+                reporter(True, "")
+            return
         if self.state == HALF_OPEN:
             self._transition(CLOSED, "trial request succeeded")
         elif self._state == CLOSED:
@@ -115,6 +127,10 @@ class CircuitBreaker:
         self.total_failures += 1
         self.last_failure = reason
         self.last_failure_time = self._wall()
+        reporter = self._reporter
+        if reporter is not None:
+            reporter(False, reason)
+            return
         if self.state == HALF_OPEN:
             self.failure_count += 1
             self._open(f"trial request failed: {reason}")
@@ -138,6 +154,31 @@ class CircuitBreaker:
         self._transition(CLOSED, reason)
         self.failure_count = 0
         self.half_open_calls = 0
+
+    # -- following another process's breaker (server.workers)
+
+    def report_to(self, reporter: Reporter) -> None:
+        """From now on, tell outcomes to ``reporter`` and change state only by ``follow``."""
+        self._reporter = reporter
+
+    def follow(self, state: str, opened_at: float, failure_count: int, changed_at: float,
+               reason: str) -> None:
+        """Take the deciding breaker's state (``opened_at`` on the shared monotonic clock)."""
+        old = self._state
+        self._opened_at = opened_at
+        self.failure_count = failure_count
+        if old != state:
+            self._state = state
+            self.state_changed_time = changed_at
+            self.half_open_calls = 0
+            if self._listener is not None:
+                self._listener(self, old, state, reason)
+
+    def decided(self) -> tuple[str, float, int, float]:
+        """What ``follow`` takes: the state (half_open as open: each follower derives it
+        from the clock), when it opened, the failure count, when it changed."""
+        state = self._state
+        return state, self._opened_at, self.failure_count, self.state_changed_time
 
     def update_settings(self, settings: BreakerSettings) -> None:
         self.settings = settings

@@ -35,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import parse_qsl, unquote
 
@@ -56,6 +56,8 @@ from orchd.log import escape_controls, server_logger
 from orchd.model import ServerSettings
 from orchd.problems import problem_response
 from orchd.router import PREFIX
+
+Relay = Callable[[asyncio.Transport, str, bool, bytes, bool], None]
 
 if TYPE_CHECKING:
     from orchd.proxy import Headers, Proxy
@@ -292,6 +294,9 @@ class FrontConnection(asyncio.Protocol):
         self._trusted: Networks = ()
         self._opening = _SNIFF
         self._secure = False
+        # Relayed by a worker process (``orchd.workers``): the connection opens with the
+        # worker's PROXY header naming the client; ``_secure`` is what the worker says.
+        self._relayed = False
         self._parser = httptools.HttpRequestParser(self)
         self._buf = bytearray()  # received bytes not given to the parser yet
         # What the parser callbacks collect for the head being parsed.
@@ -337,17 +342,25 @@ class FrontConnection(asyncio.Protocol):
         self._remote = remote = str(peer[0]) if peer else ""
         limits = self.limits
         trusted = limits.trusted_proxies
-        if trusted and address_in(remote, trusted):
+        if self._relayed:
+            self._opening = _PROXY_HEADER
+        elif trusted and address_in(remote, trusted):
             if limits.proxy_protocol:
                 self._opening = _PROXY_HEADER
             else:
                 self._opening = _OPEN
                 self._trusted = trusted
-        self._secure = tr.get_extra_info("sslcontext") is not None  # once per connection
+        if not self._relayed:
+            self._secure = tr.get_extra_info("sslcontext") is not None  # once per connection
         self._server.track(self, tr)
         self._since = self._loop.time()
         self._clock = self._loop.call_later(self.limits.header_timeout, self._tick)
         self._server.cap.admit(self)
+
+    def relayed(self, secure: bool) -> None:
+        """Before ``connection_made``: a worker relays this connection (see ``_relayed``)."""
+        self._relayed = True
+        self._secure = secure
 
     def data_received(self, data: bytes) -> None:
         if self._in_body:
@@ -679,9 +692,15 @@ class FrontConnection(asyncio.Protocol):
         self._handed = True
         self._wake_worker()
         self._server.release(self)
+        relay = self._server.relay
+        if relay is not None:  # a worker: the supervisor serves what this listener does not
+            relay(transport, self._remote, self._secure, data, self._reading_paused)
+            return
         handler = self._server.aiohttp_handler()
         if self._proxied or self._trusted:  # its requests' client is not the socket's peer
             handler.set_peer(self._remote, self._trusted)
+        if self._relayed:
+            handler.relayed(self._secure)
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if self._reading_paused:
@@ -896,6 +915,10 @@ class FrontServer(GuardedServer):
         self.state = proxy.state
         self.loop = private.server_options(self)[0]
         self.hook = hook  # None: no access log and no metrics
+        # In a worker process: takes each connection this listener does not serve
+        # (transport, client address, TLS or not, the bytes read, reading paused) and relays
+        # it to the supervisor (orchd.workers.relay).
+        self.relay: Relay | None = None
 
     def __call__(self) -> FrontConnection:  # type: ignore[override]  # not a RequestHandler
         return FrontConnection(self, self._settings())

@@ -278,6 +278,8 @@ def _message(error: jsonschema.ValidationError) -> tuple[PathTuple, str]:
                       f"10.0.0.0/8 or fd00::/8){why}")
     if kind == "anyOf" and isinstance(inst, dict) and "name" in schema.get("required", []):
         return path, "needs 'url' (one upstream) or 'urls' (several targets)"
+    if kind == "oneOf" and isinstance(schema.get("x-expects"), str):
+        return path, f"{inst!r} is not {schema['x-expects']}"
     if kind == "not" and isinstance(inst, dict):
         return path, "'url' and 'urls' cannot both be set; use 'urls' for several targets"
     if kind == "pattern" and path and path[-1] == "name":
@@ -476,6 +478,21 @@ def _tls_errors(data: Mapping[str, Any], doc: Document) -> list[FieldError]:
     return out
 
 
+def _rate_limit_scope_errors(data: Mapping[str, Any], doc: Document) -> list[FieldError]:
+    """``rate_limit.scope: cluster`` counts the instances sharing an etcd store: with the
+    file store there are none to share with."""
+    if (data.get("registry") or {}).get("store", "file") == "etcd":
+        return []
+    out = []
+    for i, ep in enumerate(data.get("endpoints") or ()):
+        if (ep.get("rate_limit") or {}).get("scope") == "cluster":
+            where = ("endpoints", i, "rate_limit", "scope")
+            out.append(FieldError(format_path(where), "cluster needs registry.store: etcd "
+                                  "(the instances that share the rate are counted there); "
+                                  "use instance with the file store", doc.line_of(where)))
+    return out
+
+
 def parse_config(text: str, path: str | None = None,
                  env: Mapping[str, str] | None = None, *, expand_env: bool = True,
                  show_env_values: bool = False) -> Config:
@@ -505,6 +522,7 @@ def parse_config(text: str, path: str | None = None,
         errors += _upstream_policy_errors(data, doc)
         errors += _tls_errors(data, doc)
         errors += _proxy_protocol_errors(data.get("server") or {}, doc)
+        errors += _rate_limit_scope_errors(data, doc)
     if errors:
         raise ConfigError(errors, path)
     return Config.from_dict(data, path=path,

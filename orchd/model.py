@@ -7,6 +7,7 @@ Schemas and then calls the ``from_dict`` constructors below.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -109,13 +110,14 @@ class ServerSettings:
     max_url_length: int = 8192
     allowed_upstreams: tuple[str, ...] | None = None
     reuse_port: bool = False
+    workers: int | str = 1  # N, or "auto": see worker_count()
     tls: ServerTls | None = None  # its certificates reload; the rest needs a restart
     redirect_http_port: int | None = None
     trusted_proxies: Networks = ()  # peers whose X-Forwarded-* and PROXY header are believed
     proxy_protocol: bool = False  # peers in trusted_proxies open with a PROXY header
 
     RESTART_KEYS = ("host", "port", "control_socket", "socket_group", "state_dir", "log_file",
-                    "metrics", "reuse_port", "redirect_http_port")
+                    "metrics", "reuse_port", "redirect_http_port", "workers")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ServerSettings:
@@ -129,6 +131,12 @@ class ServerSettings:
         kwargs["tls"] = _optional(ServerTls.from_dict, kwargs.get("tls"))
         kwargs["trusted_proxies"] = parse_networks(kwargs.get("trusted_proxies") or ())
         return cls(**kwargs)
+
+    def worker_count(self) -> int:
+        """``workers`` as a number: ``auto`` is the CPUs this process may run on."""
+        if self.workers == "auto":
+            return max(1, len(os.sched_getaffinity(0)))
+        return int(self.workers)
 
     def __repr__(self) -> str:  # never show the token
         token = "<set>" if self.admin_token else "<unset>"

@@ -12,7 +12,7 @@ from typing import Any
 
 from yarl import URL
 
-from orchd.breaker import CircuitBreaker
+from orchd.breaker import CircuitBreaker, Reporter
 from orchd.events import EventBus
 from orchd.model import BreakerSettings
 
@@ -104,6 +104,9 @@ class TargetPool:
         self._targets: dict[tuple[str, str], Target] = {}
         self._bus = bus
         self._clock = clock
+        # In a worker process: the reporter each new target's breaker tells its outcomes to
+        # (orchd.breaker), given the target's (endpoint, url).
+        self.reporters: Callable[[str, str], Reporter] | None = None
 
     def get(self, endpoint: str, url: str, settings: BreakerSettings) -> Target:
         key = (endpoint, url)
@@ -134,4 +137,9 @@ class TargetPool:
                         state=new, reason=reason)
 
         breaker = CircuitBreaker(settings, clock=self._clock, listener=on_transition)
+        if self.reporters is not None:
+            breaker.report_to(self.reporters(endpoint, url))
         return Target(endpoint, url, breaker)
+
+    def find(self, endpoint: str, url: str) -> Target | None:
+        return self._targets.get((endpoint, url))
