@@ -93,7 +93,9 @@ bench-deps:
 	scripts/system-deps.sh bench
 
 ## bench: per-core req/s, p50/p99 of orchd next to nginx, Caddy and a bare aiohttp proxy, over HTTP
-##        and HTTPS (BENCH_ARGS=--quick for one short round, BENCH_ARGS=--no-tls without HTTPS)
+##        and HTTPS (BENCH_ARGS=--quick for one short round, BENCH_ARGS=--no-tls without HTTPS),
+##        then two cores shared: orchd, nginx, HAProxy and Caddy with 1 and 2 workers each
+##        (BENCH_ARGS=--no-two-core without it, BENCH_ARGS=--two-core-only for it alone)
 bench: $(STAMP) bench-deps
 	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
 

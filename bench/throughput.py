@@ -15,8 +15,19 @@ ALPN http/1.1, forwarding over plain HTTP to the same backend; the rows are inte
 the plain ones in every round and printed as their own table: keep-alive at both body sizes,
 and a new connection (a full handshake: wrk does not resume sessions) for every request.
 
+Then (``--no-two-core`` skips it, ``--two-core-only`` runs nothing else) the two-core table:
+nginx (``worker_processes``), HAProxy (``nbthread``), Caddy (``GOMAXPROCS``) and orchd
+(``server.workers``), each with 1 and with 2, all started at once and measured in interleaved
+rounds the same way. Nothing is pinned: every server, wrk (one thread) and the backend (nginx,
+``worker_processes 2``) may run on both cores, so they compete for the same two: the absolute
+figures are below what two cores of its own give a server, and the ratios within one run are
+what count (2 workers against Caddy's, and each server's scaling, 2 ÷ 1). It also shows how the
+workers share the load (CPU time per worker process) and the memory of every process (RSS and
+PSS: the supervisor's and each worker's).
+
 Usage: python bench/throughput.py [--quick] [--rounds N] [--duration S] [--connections C]
                                [--ceiling] [--compare DIR] [--no-tls] [--tls-key KIND]
+                               [--no-two-core | --two-core-only]
 """
 
 from __future__ import annotations
@@ -665,6 +676,319 @@ def run(args: argparse.Namespace) -> int:
         bench.cleanup()
 
 
+# -- two cores, shared: every server with 1 and 2 workers, all processes on both cores
+
+TWO_CORES = f"{PROXY_CPU},{LOAD_CPU}"
+MIB = 1024.0
+
+
+def proc_ticks(pid: int) -> int:
+    """User + system CPU ticks of one process (all its threads), 0 once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return 0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return int(fields[11]) + int(fields[12])
+
+
+def proc_kib(pid: int, path: str, key: str) -> int:
+    """A ``key: N kB`` line of /proc/PID/PATH (status's VmRSS, smaps_rollup's Pss)."""
+    with contextlib.suppress(OSError):
+        for line in Path(f"/proc/{pid}/{path}").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
+    return 0
+
+
+class SharedCores(Bench):
+    """The servers of the one-core table started with ``workers`` workers (threads), every
+    process, wrk and the backend included, allowed on both CPUs and pinned to neither.
+
+    One instance per worker count (its own temp dir, so each start_* names its files as
+    usual); ``nginx_conf`` and ``spawn`` put the count where each server takes it: nginx's
+    ``worker_processes``, Caddy's ``GOMAXPROCS``, orchd's ``server.workers`` (left out at 1,
+    the default) and HAProxy's ``nbthread``."""
+
+    def __init__(self, args: argparse.Namespace, workers: int) -> None:
+        super().__init__(args)
+        self.workers = workers
+
+    def taskset(self, cpu: int, argv: list[str]) -> list[str]:
+        # Both cores (a no-op on a 2-CPU machine; on a larger one, the same two CPUs).
+        return ["taskset", "-c", TWO_CORES, *argv] if self.pin else argv
+
+    def nginx_conf(self, name: str, body: str) -> Path:
+        conf = super().nginx_conf(name, body)
+        conf.write_text(conf.read_text().replace(
+            "worker_processes 1;", f"worker_processes {self.workers};", 1))
+        return conf
+
+    def spawn(self, name: str, cpu: int, argv: list[str],
+              env: dict[str, str] | None = None) -> Proc:
+        if env is not None and "GOMAXPROCS" in env:  # Caddy
+            env = {**env, "GOMAXPROCS": str(self.workers)}
+        if name.startswith("orchd") and self.workers > 1:
+            config = Path(argv[argv.index("--config") + 1])
+            config.write_text(config.read_text().replace(
+                "server:\n", f"server:\n  workers: {self.workers}\n", 1))
+        return super().spawn(name, cpu, argv, env)
+
+    def start_haproxy(self, backend: int) -> Row:
+        """HAProxy in the foreground, ``nbthread`` threads in one process, idle connections
+        to the backend shared by every client connection (as nginx's ``keepalive`` pool)."""
+        port = free_port()
+        d = self.tmp / "haproxy"
+        d.mkdir()
+        conf = d / "haproxy.cfg"
+        conf.write_text(f"""global
+  nbthread {self.workers}
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  http-reuse always
+  timeout connect 5s
+  timeout client 120s
+  timeout server 120s
+  timeout http-keep-alive 120s
+frontend bench
+  bind 127.0.0.1:{port} backlog 4096
+  default_backend backend
+backend backend
+  server backend 127.0.0.1:{backend}
+""")
+        proc = self.spawn("haproxy", PROXY_CPU, ["haproxy", "-db", "-f", str(conf)])
+        self.wait_http(proc, f"http://127.0.0.1:{port}/health")
+        return Row(f"HAProxy nbthread {self.workers}", port, "/", proc)
+
+
+@dataclass
+class Server:
+    """One server's rows in the two-core table: its 1-worker and its 2-worker instance."""
+    name: str
+    rows: dict[int, Row]
+    # per body size and worker count: each worker's share of the workers' CPU, per round
+    split: dict[tuple[str, int], list[list[float]]] = field(default_factory=dict)
+    memory: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict)
+
+
+def worker_pids(proc: Proc) -> list[int]:
+    """The processes that serve: a supervisor's (nginx master's, orchd's) children, or the
+    process itself when it has none (Caddy, HAProxy: threads)."""
+    return [p for p in proc.pids() if p != proc.pid] or [proc.pid]
+
+
+def memory_of(proc: Proc) -> list[tuple[str, int, int]]:
+    """(role, RSS KiB, PSS KiB) of a server's processes: PSS shares the pages forked workers
+    still have in common with their parent among them, so PSS adds up and RSS does not."""
+    out = []
+    for pid in proc.pids():
+        role = ("process" if len(proc.pids()) == 1 else
+                "supervisor" if pid == proc.pid else "worker")
+        out.append((role, proc_kib(pid, "status", "VmRSS:"),
+                    proc_kib(pid, "smaps_rollup", "Pss:")))
+    return out
+
+
+def _median_rps(row: Row, size: str) -> float:
+    return statistics.median(r.rps for r in row.results[size])
+
+
+def two_core_table(direct: Row, servers: list[Server], caddy: Server) -> Iterator[str]:
+    yield ("| server (2 shared cores) | body | req/s | p50 | p99 | errors / non-2xx "
+           "| CPU µs/req | ratio to Caddy, same count | scaling 2 ÷ 1 |")
+    yield "|---|---|---:|---:|---:|---:|---:|---:|---:|"
+    for size in SIZES:
+        rows = [(direct, None, None)] + [(row, server, n) for server in servers
+                                         for n, row in sorted(server.rows.items())]
+        for row, server, n in rows:
+            res = row.results[size]
+            rps = _median_rps(row, size)
+            cpu = _cpu(res)
+            ratio = scaling = "-"
+            if server is not None and n is not None:
+                if n in caddy.rows:
+                    ratio = f"{rps / _median_rps(caddy.rows[n], size):.2f}"
+                if n > 1 and 1 in server.rows:
+                    scaling = f"{rps / _median_rps(server.rows[1], size):.2f}"
+            yield (f"| {row.label} | {SIZE_LABEL[size]} | {rps:,.0f} "
+                   f"| {fmt_us(statistics.median(r.p50_us for r in res))} "
+                   f"| {fmt_us(statistics.median(r.p99_us for r in res))} "
+                   f"| {sum(r.errors for r in res)} / {sum(r.non2xx for r in res)} "
+                   f"| {'-' if cpu is None else f'{cpu:.0f}'} | {ratio} | {scaling} |")
+
+
+def two_core_targets(orchd: Server, caddy: Server) -> Iterator[str]:
+    """The targets of the two-core table, each read from this one run."""
+    for size in SIZES:
+        if 2 not in orchd.rows:
+            yield f"* {SIZE_LABEL[size]}: no orchd row with 2 workers: no figures"
+            continue
+        o1, o2 = (_median_rps(orchd.rows[n], size) for n in (1, 2))
+        c1, c2 = (_median_rps(caddy.rows[n], size) for n in (1, 2))
+        yield (f"* {SIZE_LABEL[size]}: orchd 2 workers ÷ Caddy GOMAXPROCS=2 = {o2 / c2:.2f} "
+               f"({o2:,.0f} / {c2:,.0f}; target ≥ 1.5); scaling 2 ÷ 1: orchd {o2 / o1:.2f}, "
+               f"Caddy {c2 / c1:.2f} (target: orchd's ≥ Caddy's)")
+
+
+def split_lines(servers: list[Server]) -> Iterator[str]:
+    for server in servers:
+        for (size, n), rounds in sorted(server.split.items()):
+            busiest = [max(shares) for shares in rounds]
+            each = " | ".join(" / ".join(f"{s:.0%}" for s in shares) for shares in rounds)
+            yield (f"* {server.rows[n].label}, {SIZE_LABEL[size]}: each worker's share of the "
+                   f"workers' CPU per round: {each} (busiest, median: "
+                   f"{statistics.median(busiest):.0%})")
+
+
+def memory_table(servers: list[Server]) -> Iterator[str]:
+    yield "| server | processes | RSS each (MiB) | PSS each (MiB) | PSS total (MiB) |"
+    yield "|---|---|---:|---:|---:|"
+    for server in servers:
+        for n, procs in sorted(server.memory.items()):
+            roles = ", ".join(role for role, _, _ in procs)
+            rss = " / ".join(f"{r / MIB:.1f}" for _, r, _ in procs)
+            pss = " / ".join(f"{p / MIB:.1f}" for _, _, p in procs)
+            total = sum(p for _, _, p in procs) / MIB
+            yield f"| {server.rows[n].label} | {roles} | {rss} | {pss} | {total:.1f} |"
+
+
+def log_problems(row: Row) -> list[str]:
+    """Lines of a server's own log that speak of a failure (orchd's log: its workers')."""
+    if row.proc is None or not row.proc.log.exists():
+        return []
+    words = ("Traceback", "ERROR", "CRITICAL", "[alert]", "[emerg]", "[crit]", "panic")
+    return [line for line in row.proc.log.read_text(errors="replace").splitlines()
+            if any(w in line for w in words)]
+
+
+def run_two_core(args: argparse.Namespace) -> int:
+    """The two-core table: nginx, HAProxy, Caddy and orchd each with 1 and with 2 workers
+    (threads), all started at once and measured in interleaved rounds like the one-core
+    table, with wrk and the backend on the same two cores, none pinned."""
+    if len(os.sched_getaffinity(0) & {PROXY_CPU, LOAD_CPU}) < 2:
+        print(f"two-core table skipped: CPUs {TWO_CORES} are not both available")
+        return 0
+    benches = {n: SharedCores(args, n) for n in (1, 2)}
+    notes: list[str] = []
+    try:
+        print(f"two-core table: load average at start: {loadavg()}", flush=True)
+        backend_proc = benches[2].start_backend()
+        backend = backend_proc.port
+        direct = Row("none (wrk straight at the backend)", backend, "/")
+        nginx, caddy = Server("nginx", {}), Server("Caddy", {})
+        haproxy, orchd = Server("HAProxy", {}), Server("orchd", {})
+        for n, bench in benches.items():
+            nginx.rows[n] = bench.start_nginx(backend)
+            nginx.rows[n].label = f"nginx worker_processes {n}"
+            caddy.rows[n] = bench.start_caddy(backend)
+            caddy.rows[n].label = f"Caddy GOMAXPROCS={n}"
+            if shutil.which("haproxy"):
+                haproxy.rows[n] = bench.start_haproxy(backend)
+            try:
+                row = bench.start_orchd(backend, "orchd", access_log=True)
+            except SystemExit as exc:
+                why = " ".join(str(exc).split())
+                notes.append(f"orchd with workers: {n} did not start: {why[-600:]}")
+                continue
+            assert row.proc is not None
+            deadline = time.monotonic() + 10  # a supervisor and its n workers
+            while n > 1 and len(row.proc.pids()) < n + 1 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if n > 1 and len(row.proc.pids()) < n + 1:
+                notes.append(f"orchd with workers: {n} runs as {len(row.proc.pids())} "
+                             "process(es), not a supervisor and its workers: this orchd "
+                             "has no server.workers, its row is left out")
+                continue
+            row.label = f"orchd workers: {n}"
+            orchd.rows[n] = row
+        if not haproxy.rows:
+            notes.append("haproxy is missing (apt-get install haproxy): no HAProxy rows")
+        servers = [s for s in (nginx, haproxy, caddy, orchd) if s.rows]
+        bench = benches[2]
+        plan: list[tuple[Row, Server | None, int]] = [(direct, None, 0)] + [
+            (row, s, n) for s in servers for n, row in sorted(s.rows.items())]
+        every = [row for row, _, _ in plan]
+        for row in every:
+            bench.check(row)
+            for size in SIZES:  # warm up
+                bench.wrk(f"http://127.0.0.1:{row.port}{row.prefix}{size}", 1, args.connections)
+        for rnd in range(args.rounds):
+            order = plan if rnd % 2 == 0 else list(reversed(plan))
+            for size in SIZES:
+                for row, server, n in order:
+                    pids = worker_pids(row.proc) if row.proc is not None else []
+                    before = [proc_ticks(p) for p in pids]
+                    res = bench.wrk(f"http://127.0.0.1:{row.port}{row.prefix}{size}",
+                                    args.duration, args.connections, row.proc)
+                    row.results.setdefault(size, []).append(res)
+                    if server is not None and len(pids) > 1:
+                        used = [proc_ticks(p) - b for p, b in zip(pids, before, strict=True)]
+                        if sum(used) > 0:
+                            server.split.setdefault((size, n), []).append(
+                                [u / sum(used) for u in used])
+            print(f"two-core round {rnd + 1}/{args.rounds} done (load {loadavg()})", flush=True)
+        for server in servers:
+            for n, row in server.rows.items():
+                assert row.proc is not None
+                server.memory[n] = memory_of(row.proc)
+
+        print()
+        print(f"Two cores, shared: each server unpinned over both cores (CPUs {TWO_CORES}), "
+              "and wrk and the backend (nginx, worker_processes 2) unpinned on the same two: "
+              "everything competes for the same 2 cores, so req/s are below what two cores "
+              "of its own give a server; the ratios within this run are what count. "
+              f"{args.rounds} interleaved round(s) of {args.duration:g} s per row and body, "
+              f"wrk -t1 -c{args.connections}; medians; CPU µs/req is all the server's "
+              f"processes. Load average at end: {loadavg()}")
+        print()
+        for line in two_core_table(direct, servers, caddy):
+            print(line)
+        print()
+        for line in two_core_targets(orchd, caddy):
+            print(line)
+        print("* per core: orchd's 'ratio to nginx' at ~100 B in the one-core table "
+              "(target ≥ 0.5)")
+        print()
+        print("How evenly the workers share the load (CPU time of each worker process in "
+              "each wrk run):")
+        print()
+        for line in split_lines(servers):
+            print(line)
+        print()
+        print("Memory after the rounds (RSS counts the pages forked workers share with their "
+              "parent in each of them; PSS divides them):")
+        print()
+        for line in memory_table(servers):
+            print(line)
+        print()
+        for server in servers:
+            for row in server.rows.values():
+                problems = log_problems(row)
+                if problems:
+                    notes.append(f"{row.label}: {len(problems)} error line(s) in its log, "
+                                 f"the first: {problems[0][:300]}")
+        for note in notes:
+            print(f"note: {note}")
+        failed = [r for r in every if any(x.errors or x.non2xx
+                                          for res in r.results.values() for x in res)]
+        for row in failed:
+            print(f"ERRORS: {row.label}", file=sys.stderr)
+        return 1 if failed else 0
+    finally:
+        for bench in reversed(benches.values()):
+            bench.cleanup()
+
+
+def run_all(args: argparse.Namespace) -> int:
+    """The one-core tables, then the two-core table (each flag may leave one out)."""
+    status = 0 if args.two_core_only else run(args)
+    if args.two_core or args.two_core_only:
+        status = run_two_core(args) or status
+    return status
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="one short round: a smoke check")
@@ -684,6 +1008,12 @@ def main() -> None:
                         "request")
     p.add_argument("--tls-key", choices=("ecdsa", "rsa"), default="ecdsa",
                    help="the certificate's key: ECDSA P-256 (default) or RSA-2048")
+    p.add_argument("--two-core", action=argparse.BooleanOptionalAction, default=True,
+                   help="after the one-core tables, the two-core table (on by default; "
+                        "--no-two-core skips it): nginx, HAProxy, Caddy and orchd with 1 and "
+                        "2 workers, every process unpinned on the same two cores")
+    p.add_argument("--two-core-only", action="store_true",
+                   help="only the two-core table")
     args = p.parse_args()
     if args.compare is not None:
         args.compare = args.compare.resolve()
@@ -697,7 +1027,7 @@ def main() -> None:
     if not Path(nginx_bin()).exists():
         raise SystemExit("nginx is missing: run `make bench-deps` (as root)")
     with contextlib.suppress(KeyboardInterrupt):
-        sys.exit(run(args))
+        sys.exit(run_all(args))
     sys.exit(130)
 
 
