@@ -773,22 +773,45 @@ class Server:
     memory: dict[int, list[tuple[str, int, int]]] = field(default_factory=dict)
 
 
-def worker_pids(proc: Proc) -> list[int]:
-    """The processes that serve: a supervisor's (nginx master's, orchd's) children, or the
-    process itself when it has none (Caddy, HAProxy: threads)."""
-    return [p for p in proc.pids() if p != proc.pid] or [proc.pid]
+def process_roles(proc: Proc) -> list[tuple[int, str]]:
+    """Every process of a server's tree with its role, whichever thread started it (orchd's
+    fork server is started from a thread other than the main one, so ``Proc.pids`` misses
+    it): the supervisor (nginx's master, orchd's), its helpers (multiprocessing's fork server
+    and resource tracker), and the workers, the processes without children that serve; a
+    server of one process (Caddy, HAProxy: threads) is that ``process``."""
+    kids: dict[int, list[int]] = {}
+    todo = [proc.pid]
+    while todo:
+        pid = todo.pop()
+        with contextlib.suppress(OSError):
+            found = []
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    found += Path(f"/proc/{pid}/task/{tid}/children").read_text().split()
+            kids[pid] = [int(k) for k in found]
+            todo.extend(kids[pid])
+    if len(kids) <= 1:
+        return [(proc.pid, "process")]
+    out = []
+    for pid, children in kids.items():
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        role = ("supervisor" if pid == proc.pid else
+                "resource tracker" if "resource_tracker" in cmd else
+                ("fork server" if "forkserver" in cmd else "helper") if children else
+                "worker")
+        out.append((pid, role))
+    order = ("supervisor", "fork server", "resource tracker", "helper", "worker")
+    return sorted(out, key=lambda pr: (order.index(pr[1]), pr[0]))
 
 
 def memory_of(proc: Proc) -> list[tuple[str, int, int]]:
     """(role, RSS KiB, PSS KiB) of a server's processes: PSS shares the pages forked workers
     still have in common with their parent among them, so PSS adds up and RSS does not."""
-    out = []
-    for pid in proc.pids():
-        role = ("process" if len(proc.pids()) == 1 else
-                "supervisor" if pid == proc.pid else "worker")
-        out.append((role, proc_kib(pid, "status", "VmRSS:"),
-                    proc_kib(pid, "smaps_rollup", "Pss:")))
-    return out
+    return [(role, proc_kib(pid, "status", "VmRSS:"), proc_kib(pid, "smaps_rollup", "Pss:"))
+            for pid, role in process_roles(proc)]
 
 
 def _median_rps(row: Row, size: str) -> float:
@@ -835,11 +858,12 @@ def two_core_targets(orchd: Server, caddy: Server) -> Iterator[str]:
 def split_lines(servers: list[Server]) -> Iterator[str]:
     for server in servers:
         for (size, n), rounds in sorted(server.split.items()):
-            busiest = [max(shares) for shares in rounds]
+            busiest = [max(shares) / sum(shares) for shares in rounds if sum(shares)]
             each = " | ".join(" / ".join(f"{s:.0%}" for s in shares) for shares in rounds)
-            yield (f"* {server.rows[n].label}, {SIZE_LABEL[size]}: each worker's share of the "
-                   f"workers' CPU per round: {each} (busiest, median: "
-                   f"{statistics.median(busiest):.0%})")
+            yield (f"* {server.rows[n].label}, {SIZE_LABEL[size]}: each worker's share of all "
+                   f"the server's CPU, per round: {each} (the rest: its supervisor and "
+                   f"helpers); the busiest worker's share of the workers' CPU, median: "
+                   f"{statistics.median(busiest) if busiest else 0:.0%}")
 
 
 def memory_table(servers: list[Server]) -> Iterator[str]:
@@ -863,6 +887,18 @@ def log_problems(row: Row) -> list[str]:
             if any(w in line for w in words)]
 
 
+def orchd_build() -> str:
+    """Which orchd the rows run (PYTHONPATH may put another tree first) and whether its
+    request path is compiled (mypyc's extension modules) or pure Python."""
+    out = subprocess.run([str(PY), "-c", "import orchd.upstream as u; print(u.__file__)"],
+                         capture_output=True, text=True, cwd=tempfile.gettempdir())
+    path = out.stdout.strip()
+    if not path:
+        return f"orchd does not import: {out.stderr.strip()[-300:]}"
+    kind = "compiled (mypyc)" if path.endswith(".so") else "pure Python"
+    return f"orchd from {Path(path).parent.parent}, {kind}"
+
+
 def run_two_core(args: argparse.Namespace) -> int:
     """The two-core table: nginx, HAProxy, Caddy and orchd each with 1 and with 2 workers
     (threads), all started at once and measured in interleaved rounds like the one-core
@@ -873,7 +909,8 @@ def run_two_core(args: argparse.Namespace) -> int:
     benches = {n: SharedCores(args, n) for n in (1, 2)}
     notes: list[str] = []
     try:
-        print(f"two-core table: load average at start: {loadavg()}", flush=True)
+        print(f"two-core table: load average at start: {loadavg()}; {orchd_build()}",
+              flush=True)
         backend_proc = benches[2].start_backend()
         backend = backend_proc.port
         direct = Row("none (wrk straight at the backend)", backend, "/")
@@ -894,12 +931,13 @@ def run_two_core(args: argparse.Namespace) -> int:
                 continue
             assert row.proc is not None
             deadline = time.monotonic() + 10  # a supervisor and its n workers
-            while n > 1 and len(row.proc.pids()) < n + 1 and time.monotonic() < deadline:
+            while n > 1 and time.monotonic() < deadline and sum(
+                    role == "worker" for _, role in process_roles(row.proc)) < n:
                 time.sleep(0.1)
-            if n > 1 and len(row.proc.pids()) < n + 1:
-                notes.append(f"orchd with workers: {n} runs as {len(row.proc.pids())} "
-                             "process(es), not a supervisor and its workers: this orchd "
-                             "has no server.workers, its row is left out")
+            if n > 1 and sum(role == "worker" for _, role in process_roles(row.proc)) < n:
+                notes.append(f"orchd with workers: {n} runs no {n} worker processes "
+                             f"({', '.join(r for _, r in process_roles(row.proc))}): this "
+                             "orchd has no server.workers, its row is left out")
                 continue
             row.label = f"orchd workers: {n}"
             orchd.rows[n] = row
@@ -918,16 +956,20 @@ def run_two_core(args: argparse.Namespace) -> int:
             order = plan if rnd % 2 == 0 else list(reversed(plan))
             for size in SIZES:
                 for row, server, n in order:
-                    pids = worker_pids(row.proc) if row.proc is not None else []
-                    before = [proc_ticks(p) for p in pids]
+                    roles = process_roles(row.proc) if row.proc is not None else []
+                    before = [proc_ticks(pid) for pid, _ in roles]
                     res = bench.wrk(f"http://127.0.0.1:{row.port}{row.prefix}{size}",
-                                    args.duration, args.connections, row.proc)
+                                    args.duration, args.connections)
                     row.results.setdefault(size, []).append(res)
-                    if server is not None and len(pids) > 1:
-                        used = [proc_ticks(p) - b for p, b in zip(pids, before, strict=True)]
-                        if sum(used) > 0:
-                            server.split.setdefault((size, n), []).append(
-                                [u / sum(used) for u in used])
+                    used = [proc_ticks(pid) - b
+                            for (pid, _), b in zip(roles, before, strict=True)]
+                    if roles and res.requests:  # all its processes, the workers' too
+                        res.cpu_us = sum(used) / CLK_TCK * 1e6 / res.requests
+                    workers = [u for (_, role), u in zip(roles, used, strict=True)
+                               if role == "worker"]
+                    if server is not None and len(workers) > 1 and sum(used) > 0:
+                        server.split.setdefault((size, n), []).append(
+                            [u / sum(used) for u in workers])
             print(f"two-core round {rnd + 1}/{args.rounds} done (load {loadavg()})", flush=True)
         for server in servers:
             for n, row in server.rows.items():
@@ -952,7 +994,7 @@ def run_two_core(args: argparse.Namespace) -> int:
               "(target ≥ 0.5)")
         print()
         print("How evenly the workers share the load (CPU time of each worker process in "
-              "each wrk run):")
+              "each wrk run; 50% is an even split of two):")
         print()
         for line in split_lines(servers):
             print(line)
