@@ -51,6 +51,9 @@ __all__ = ("GuardedHandler", "GuardedRunner", "GuardedServer", "socket_peer")
 def socket_peer(request: web.BaseRequest) -> str | None:
     """The address of the socket's peer: what admin trust judges (design section 2),
     never a forwarding header's or a PROXY header's client (``request.remote``)."""
+    protocol = request.protocol
+    if isinstance(protocol, GuardedHandler) and protocol.socket_peer is not None:
+        return protocol.socket_peer or None  # relayed by a worker (orchd.workers.relay)
     transport = request.transport
     peer = transport.get_extra_info("peername") if transport is not None else None
     if isinstance(peer, list | tuple):
@@ -63,7 +66,7 @@ class GuardedHandler(RequestHandler):
 
     __slots__ = ("_awaiting_head", "_body", "_body_handle", "_body_mark", "_guard",
                  "_head_bytes", "_head_handle", "_line", "_send_handle", "limits", "peer",
-                 "secure", "trusted")
+                 "secure", "socket_peer", "trusted")
 
     def __init__(self, manager: GuardedServer, limits: ServerSettings, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
@@ -82,6 +85,7 @@ class GuardedHandler(RequestHandler):
         # Relayed by a worker (orchd.workers): whether the client's connection is TLS (the
         # socket here is not); None for a connection of its own.
         self.secure: bool | None = None
+        self.socket_peer: str | None = None  # and the client socket's peer there
 
     def set_peer(self, peer: str, trusted: Networks) -> None:
         """The connection's peer as ``orchd.front`` found it (a PROXY header's), and
@@ -89,9 +93,11 @@ class GuardedHandler(RequestHandler):
         self.peer = peer
         self.trusted = trusted
 
-    def relayed(self, secure: bool) -> None:
-        """A worker relays this connection; its client's is TLS when ``secure``."""
+    def relayed(self, secure: bool, socket_peer: str) -> None:
+        """A worker relays this connection; its client's is TLS when ``secure``, and its
+        client socket's peer is ``socket_peer``."""
         self.secure = secure
+        self.socket_peer = socket_peer
 
     # -- connection
 
@@ -323,16 +329,19 @@ class GuardedServer(web.Server):
         request = self._base_factory(message, payload, protocol, writer, task)
         if not isinstance(protocol, GuardedHandler):
             return request
-        if protocol.secure:
-            request = request.clone(scheme="https")
+        # A relayed connection's client came over TLS (orchd.workers.relay); one clone for
+        # both changes (a clone keeps neither the scheme nor the remote given another's).
+        scheme = "https" if protocol.secure else None
         if protocol.peer is None:
-            return request
+            return request.clone(scheme=scheme) if scheme else request
         peer, trusted = protocol.peer, protocol.trusted
         client = peer
         if trusted:
             client = client_from_forwarded(forwarded_for(message.headers.items()), peer,
                                            trusted)
-        if client != request.remote:
+        if scheme:
+            request = request.clone(remote=client, scheme=scheme)
+        elif client != request.remote:
             request = request.clone(remote=client)
         if trusted:
             request[FORWARDED_BY] = peer

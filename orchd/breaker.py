@@ -6,8 +6,9 @@ Every caller that got ``True`` from ``acquire()`` reports back exactly once with
 upstream, e.g. the client went away).
 
 In a worker process (``server.workers`` above 1) a breaker *follows* the supervisor's: its
-outcomes are told to ``reporter`` (a failure always, a success only when it can change
-something) instead of moving the breaker, and ``follow()`` sets what the supervisor decided.
+outcomes are told to ``reporter`` (with whether it can change the state: a failure always
+does, a success only after failures or in half_open) instead of moving the breaker, and
+``follow()`` sets what the supervisor decided.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ HALF_OPEN = "half_open"
 FORCED_OPEN = "forced_open"
 
 Listener = Callable[["CircuitBreaker", str, str, str], None]
-Reporter = Callable[[bool, str], None]  # (succeeded, reason)
+Reporter = Callable[[bool, str, bool], None]  # (succeeded, reason, changes something)
 
 
 class CircuitBreaker:
@@ -115,8 +116,7 @@ class CircuitBreaker:
         self.last_success_time = self._wall()
         reporter = self._reporter
         if reporter is not None:
-            if self.failure_count or self.state == HALF_OPEN:
-                reporter(True, "")
+            reporter(True, "", bool(self.failure_count) or self.state == HALF_OPEN)
             return
         if self.state == HALF_OPEN:
             self._transition(CLOSED, "trial request succeeded")
@@ -129,7 +129,7 @@ class CircuitBreaker:
         self.last_failure_time = self._wall()
         reporter = self._reporter
         if reporter is not None:
-            reporter(False, reason)
+            reporter(False, reason, True)
             return
         if self.state == HALF_OPEN:
             self.failure_count += 1

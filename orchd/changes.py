@@ -177,6 +177,8 @@ class ChangeConsumer:
     async def _run_one(self, change: Change, fut: asyncio.Future[Any]) -> None:
         try:
             result = await self.apply(change)
+            if self.state.workers is not None:  # in force on every worker before the answer
+                await self.state.workers.sync()
         except ProblemError as exc:
             if not fut.done():
                 fut.set_exception(exc)

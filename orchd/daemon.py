@@ -31,7 +31,6 @@ from aiohttp import web
 
 from orchd import __version__, handover, systemd
 from orchd.accesslog import access_logger_class
-from orchd.aiohttp_edge import set_shutdown_timeout
 from orchd.api import build_control_app, build_public_app
 from orchd.api.common import CHANGES
 from orchd.api.control import RESTART
@@ -39,9 +38,11 @@ from orchd.auth.jwks import JwksRegistry, aiohttp_fetch
 from orchd.auth.pool import GuardPool
 from orchd.balancer import RetryBudget
 from orchd.changes import ChangeConsumer, Reload, SyncFromStore, read_config
+from orchd.drain import drain, linger
 from orchd.edge import PublicRunner
 from orchd.errors import ConfigError, ProblemError, StoreError
 from orchd.events import EventBus
+from orchd.front import FrontServer
 from orchd.health import HealthChecker
 from orchd.loader import validate_endpoint
 from orchd.log import access_logger, registry_logger, server_logger
@@ -58,6 +59,7 @@ from orchd.store.file import FileStore
 from orchd.target import TargetPool
 from orchd.tls import TlsEdge, TlsError, is_loopback
 from orchd.traffic import ACCESS_LINES, RequestHook
+from orchd.workers.supervisor import WorkerSet, bind_public
 
 __all__ = ("Daemon", "StartupError")
 
@@ -123,6 +125,7 @@ class Daemon:
         self._restarter: handover.Restarter | None = None
         self._handed_over: int | None = None  # the successor's pid
         self._signal_tasks: set[asyncio.Task[None]] = set()
+        self._workers: WorkerSet | None = None  # server.workers above 1
 
     async def run(self) -> int:
         state = await self._build()
@@ -247,7 +250,10 @@ class Daemon:
         # TLS is per connection: an inherited listening socket serves HTTPS as well.
         tls = state.tls.listener if state.tls is not None else None
         scheme = "https" if tls is not None else "http"
-        if inherited:
+        count = self.boot.worker_count()
+        if count > 1:
+            await self._start_workers(state, public_runner, metrics, inherited, count)
+        elif inherited:
             for sock in inherited:
                 await web.SockSite(public_runner, sock, ssl_context=tls).start()
                 server_logger.info("serving %s on inherited socket %s", scheme,
@@ -272,9 +278,12 @@ class Daemon:
         await self._open_redirect(state)
         # What it really listens on (inherited and ephemeral sockets included): an endpoint
         # may not point there.
+        listening = [*public_runner.addresses,
+                     *(s.getsockname() for s in (self._workers.listeners if self._workers
+                                                 else ()))]
         state.own_addresses = tuple(dict.fromkeys((
             (self.boot.host, self.boot.port),
-            *((str(a[0]), int(a[1])) for a in public_runner.addresses if isinstance(a, tuple)))))
+            *((str(a[0]), int(a[1])) for a in listening if isinstance(a, tuple)))))
 
         if self.boot.control_socket:
             control_runner = web.AppRunner(control, handle_signals=False,
@@ -325,6 +334,58 @@ class Daemon:
         handover.adopted()
         server_logger.info("orchd %s ready (pid %d, %d endpoints)", __version__, os.getpid(),
                            len(state.registry.snapshot.routes))
+
+    async def _start_workers(self, state: GatewayState, runner: PublicRunner,
+                             metrics: Metrics | None, inherited: list[socket.socket],
+                             count: int) -> None:
+        """``server.workers`` above 1: the workers serve the public port; this process
+        serves what they relay to it (``orchd.workers``) with ``runner``, and no port."""
+        if inherited:  # a restart's or systemd's sockets: one set each, or all shared
+            sets = ([inherited[i::count] for i in range(count)]
+                    if len(inherited) % count == 0 else [inherited])
+            for sock in inherited:
+                sock.setblocking(False)
+        else:
+            try:
+                sets = bind_public(self.boot.host, self.boot.port, count)
+            except OSError as exc:
+                raise StartupError(f"cannot listen on {self.boot.host}:{self.boot.port}: "
+                                   f"{exc.strerror}") from None
+        loop = asyncio.get_running_loop()
+        front = runner.server
+        assert isinstance(front, FrontServer)
+
+        def serve_relayed(sock: socket.socket, secure: bool, socket_peer: str) -> None:
+            conn = front()
+            conn.relayed(secure, socket_peer)
+            self._spawn(self._adopt(loop, conn, sock), "orchd-relayed")
+
+        server = state.config.server
+        workers = WorkerSet(state, count, sets, serve_relayed, metrics,
+                            (state.config.log_level, server.log_format, server.log_file,
+                             [server.admin_token]))
+        self._workers = workers
+        state.workers = workers
+        state.own_addresses = tuple(dict.fromkeys(
+            (str(a[0]), int(a[1])) for a in (s.getsockname() for s in workers.listeners)))
+        try:
+            await workers.start()
+        except Exception as exc:
+            await workers.stop(0.0, self._force)
+            raise StartupError(f"cannot start the workers: {exc!r}") from None
+        scheme = "https" if state.tls is not None else "http"
+        port = workers.listeners[0].getsockname()[1]
+        server_logger.info("listening on %s://%s:%s with %d workers (pids %s)", scheme,
+                           self.boot.host, port, count,
+                           " ".join(map(str, workers.pids)))
+
+    @staticmethod
+    async def _adopt(loop: asyncio.AbstractEventLoop, conn: asyncio.Protocol,
+                     sock: socket.socket) -> None:
+        try:
+            await loop.connect_accepted_socket(lambda: conn, sock)
+        except OSError:
+            sock.close()
 
     async def _open_redirect(self, state: GatewayState) -> None:
         """``server.redirect_http_port``: the plain listener that sends clients to https."""
@@ -443,6 +504,8 @@ class Daemon:
 
     def _listening_fds(self) -> dict[str, list[int]]:
         fds: dict[str, list[int]] = {"public": [], "control": [], "redirect": []}
+        if self._workers is not None:
+            fds["public"].extend(s.fileno() for s in self._workers.listeners)
         for runner in self._runners:
             role = ("control" if runner is self._control_runner else
                     "redirect" if runner is self._redirect_runner else "public")
@@ -455,6 +518,8 @@ class Daemon:
 
     def _on_reopen_signal(self) -> None:
         ACCESS_LINES.flush()  # into the file being rotated away, before it is closed
+        if self._workers is not None:
+            self._workers.reopen_logs()
         for handler in logging.getLogger().handlers:
             if isinstance(handler, logging.FileHandler):
                 handler.close()  # reopened on the next record
@@ -483,12 +548,16 @@ class Daemon:
             if runner is not control:
                 for site in list(runner.sites):
                     await site.stop()
-        lingered = await self._linger([r for r in self._runners if r is not control],
-                                      min(LINGER, timeout / 2))
-        await asyncio.gather(*(self._drain(r, max(timeout - lingered, 0.0))
+        workers = (asyncio.create_task(self._workers.stop(timeout, self._force))
+                   if self._workers is not None else None)
+        lingered = await linger([r for r in self._runners if r is not control],
+                                min(LINGER, timeout / 2), self._force)
+        await asyncio.gather(*(drain(r, max(timeout - lingered, 0.0), self._force)
                                for r in self._runners if r is not control))
+        if workers is not None:
+            await workers
         if control is not None:
-            await self._drain(control, min(timeout, 1.0))
+            await drain(control, min(timeout, 1.0), self._force)
         if self._socket_path is not None and self._handed_over is None:
             with contextlib.suppress(FileNotFoundError):
                 self._socket_path.unlink()
@@ -513,40 +582,3 @@ class Daemon:
             server_logger.info("stopped; pid %d serves on", self._handed_over)
         else:
             server_logger.info("stopped")
-
-    async def _linger(self, runners: list[web.BaseRunner], limit: float) -> float:
-        """Keep idle keep-alive connections open for up to ``limit`` seconds after the
-        listeners closed, answering with ``Connection: close``: a client that picks a pooled
-        connection just then is answered instead of finding it closed under its request.
-        Returns the seconds spent."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        # A connection accepted in the loop's last turn is counted by its connection_made,
-        # which the loop has scheduled but not run yet: let it run, or the count says none,
-        # the drain closes the server at once and that connection's request is never read.
-        await asyncio.sleep(0)
-        while loop.time() - started < limit and not self._force.is_set():
-            if not any(r.server is not None and r.server.connections for r in runners):
-                break
-            await asyncio.sleep(0.05)
-        return loop.time() - started
-
-    async def _drain(self, runner: web.BaseRunner, timeout: float) -> None:
-        """Close the runner's listeners, let in-flight requests finish within ``timeout``
-        (a second stop signal cuts them at once), then clean the runner up."""
-        # The timeout in force now (it is hot-reloadable); aiohttp reads 0 as "no limit".
-        set_shutdown_timeout(runner, timeout)
-        cleanup = asyncio.create_task(runner.cleanup())
-        force = asyncio.create_task(self._force.wait())
-        await asyncio.wait({cleanup, force}, return_when=asyncio.FIRST_COMPLETED)
-        force.cancel()
-        if cleanup.done():
-            await cleanup
-            return
-        server = runner.server
-        cleanup.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cleanup
-        if server is not None:
-            await server.shutdown(0.001)  # cancels the handlers, closes the connections
-        await runner.cleanup()

@@ -297,6 +297,7 @@ class FrontConnection(asyncio.Protocol):
         # Relayed by a worker process (``orchd.workers``): the connection opens with the
         # worker's PROXY header naming the client; ``_secure`` is what the worker says.
         self._relayed = False
+        self._socket_peer = ""  # a relayed connection's: the client socket's peer address
         self._parser = httptools.HttpRequestParser(self)
         self._buf = bytearray()  # received bytes not given to the parser yet
         # What the parser callbacks collect for the head being parsed.
@@ -357,10 +358,12 @@ class FrontConnection(asyncio.Protocol):
         self._clock = self._loop.call_later(self.limits.header_timeout, self._tick)
         self._server.cap.admit(self)
 
-    def relayed(self, secure: bool) -> None:
-        """Before ``connection_made``: a worker relays this connection (see ``_relayed``)."""
+    def relayed(self, secure: bool, socket_peer: str) -> None:
+        """Before ``connection_made``: a worker relays this connection (see ``_relayed``);
+        ``socket_peer`` is what admin trust judges (never a PROXY header's client)."""
         self._relayed = True
         self._secure = secure
+        self._socket_peer = socket_peer
 
     def data_received(self, data: bytes) -> None:
         if self._in_body:
@@ -700,7 +703,7 @@ class FrontConnection(asyncio.Protocol):
         if self._proxied or self._trusted:  # its requests' client is not the socket's peer
             handler.set_peer(self._remote, self._trusted)
         if self._relayed:
-            handler.relayed(self._secure)
+            handler.relayed(self._secure, self._socket_peer)
         transport.set_protocol(handler)
         handler.connection_made(transport)
         if self._reading_paused:

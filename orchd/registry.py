@@ -113,6 +113,14 @@ class Registry:
         self.admin = dict(admin)
         self._swap()
 
+    def replace_all(self, entries: dict[str, Entry], admin: Mapping[str, AdminRecord],
+                    breaker_defaults: BreakerSettings) -> None:
+        """Take another registry's contents whole (a worker process, from its supervisor)."""
+        self.entries = entries
+        self.admin = dict(admin)
+        self.breaker_defaults = breaker_defaults
+        self._swap()
+
     # -- snapshot
 
     def _swap(self) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
 
@@ -32,7 +32,17 @@ if TYPE_CHECKING:
     from orchd.store import Store
     from orchd.tls import TlsEdge
 
-__all__ = ("STATE", "GatewayState", "ReloadStatus")
+__all__ = ("STATE", "GatewayState", "ReloadStatus", "Workers", "sync_workers")
+
+
+class Workers(Protocol):
+    """The worker processes (``server.workers`` above 1; ``orchd.workers.supervisor``)."""
+
+    async def sync(self) -> None:
+        """Every worker has the state as it is now when this returns."""
+
+    async def refresh(self) -> None:
+        """The workers' latest counts are in the instance's when this returns."""
 
 
 @dataclass
@@ -88,6 +98,8 @@ class GatewayState:
     tls: TlsEdge | None = None  # the public port's certificates (server.tls)
     # The endpoints' auth, rate limits and CORS, and the JWK Sets (orchd.auth.pool).
     guards: GuardPool | None = None
+    # The worker processes that serve the public port, with server.workers above 1.
+    workers: Workers | None = None
 
     def __post_init__(self) -> None:
         self.streams = StreamCaps(lambda: self.config.server)
@@ -109,3 +121,10 @@ class GatewayState:
 
 
 STATE: web.AppKey[GatewayState] = web.AppKey("state", GatewayState)
+
+
+async def sync_workers(state: GatewayState) -> None:
+    """After a change made outside the change consumer (a breaker tripped or reset, a
+    consumer's keys): wait until every worker has it, if there are workers."""
+    if state.workers is not None:
+        await state.workers.sync()

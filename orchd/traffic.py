@@ -213,7 +213,7 @@ class AccessLines:
         _handler, json_lines, secrets = target
         message = redact(message, secrets)
         now = time.time()
-        if json_lines:  # the shape of orchd.cli.JsonFormatter's lines
+        if json_lines:  # the shape of orchd.process.JsonFormatter's lines
             record: dict[str, Any] = {"time": utc_stamp(now), "level": "INFO", "logger": name,
                                       "message": message}
             if fields:

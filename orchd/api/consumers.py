@@ -25,6 +25,7 @@ from orchd.auth.gateway import ANONYMOUS
 from orchd.auth.keys import NAME_RE, new_key
 from orchd.errors import ConfigError, FieldError
 from orchd.log import registry_logger as logger
+from orchd.state import sync_workers
 from orchd.store import Store
 from orchd.store.consumers import ConsumerRecord, KeyRecord, consumer_not_found, key_not_found
 
@@ -84,6 +85,7 @@ async def add_consumer(request: web.Request) -> web.Response:
                                               "lets requests without a credential pass as it)")])
     record = ConsumerRecord(name, time.time())
     await store.add_consumer(record)
+    await sync_workers(get_state(request))
     logger.info("consumer %s added", name)
     return stamped({"success": True, "message": f"consumer {name!r} added",
                     **_summary(store, record)}, status=201)
@@ -110,6 +112,7 @@ async def remove_consumer(request: web.Request) -> web.Response:
     store = await _admin_only(request)
     name = _name(request)
     await store.remove_consumer(name)
+    await sync_workers(get_state(request))
     logger.info("consumer %s removed, with its keys", name)
     return stamped({"success": True, "message": f"consumer {name!r} removed", "name": name})
 
@@ -121,6 +124,7 @@ async def create_key(request: web.Request) -> web.Response:
     made = new_key()
     record = KeyRecord(made.key_id, made.prefix, made.hash, time.time())
     await store.add_key(name, record)
+    await sync_workers(get_state(request))
     logger.info("key %s of consumer %s created", made.key_id, name)
     return json_answer({"key_id": made.key_id, "key": made.key, "prefix": made.prefix,
                         "created": record.created, "consumer": name,
@@ -144,6 +148,7 @@ async def revoke_key(request: web.Request) -> web.Response:
     if not key_id.isalnum() or len(key_id) > 64:
         raise key_not_found(name, key_id[:64])
     await store.remove_key(name, key_id)
+    await sync_workers(get_state(request))
     logger.info("key %s of consumer %s revoked", key_id, name)
     return stamped({"success": True, "message": f"key {key_id!r} of consumer {name!r} revoked",
                     "consumer": name, "key_id": key_id})

@@ -11,7 +11,7 @@ from orchd.api.common import get_state, stamped
 from orchd.balancer import in_panic
 from orchd.errors import ProblemError, endpoint_not_found
 from orchd.router import Route, auth_mode
-from orchd.state import GatewayState
+from orchd.state import GatewayState, sync_workers
 from orchd.target import HEALTHY, UNHEALTHY, UNKNOWN
 from orchd.timestamps import iso
 
@@ -212,6 +212,7 @@ async def _operate(request: web.Request, action: str) -> web.Response:
             t.breaker.trip()
         else:
             t.breaker.reset()
+    await sync_workers(state)
     return stamped({"success": True,
                     "message": f"circuit breaker of {route.name!r} "
                                f"{'forced open' if action == 'trip' else 'reset'}",

@@ -20,4 +20,7 @@ async def metrics(request: web.Request) -> web.Response:
     if collector is None:
         raise ProblemError(404, "Metrics are off",
                            "this orchd runs with server.metrics: false")
+    workers = collector.state.workers
+    if workers is not None:  # the workers' latest counts first
+        await workers.refresh()
     return web.Response(body=collector.exposition(), headers={"Content-Type": CONTENT_TYPE})

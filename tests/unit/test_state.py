@@ -36,10 +36,11 @@ def test_every_part_is_given_at_construction() -> None:
         assert field.default_factory is dataclasses.MISSING, name
         assert "None" not in str(field.type), name
     # What may be absent is a value, never a part: no file given, a healthy store, plain
-    # HTTP (no certificates to serve); and the guards until the upstream session they fetch
-    # JWK Sets through exists (orchd.daemon, before the listeners open).
+    # HTTP (no certificates to serve); the guards until the upstream session they fetch
+    # JWK Sets through exists (orchd.daemon, before the listeners open); and the worker
+    # processes, which exist only with server.workers above 1 (orchd.workers).
     assert {n for n, f in fields.items() if "None" in str(f.type)} == {
-        "config_path", "store_degraded", "tls", "guards"}
+        "config_path", "store_degraded", "tls", "guards", "workers"}
 
 
 async def test_reload_hands_the_health_settings_to_the_checker(tmp_path: Path) -> None:
