@@ -13,6 +13,10 @@ part only, and a removed endpoint's go with it. One ``JwksRegistry`` per instanc
 key sets, shared by URL (or file); the ones no endpoint names any more are closed after
 the swap. Counters (``orchd.auth.guard.Counters``) outlive guards and are forgotten with
 their endpoint.
+
+``instances`` (the etcd store's count of live instances; None with the file store, where
+one instance is all there is) is handed to every ``scope: cluster`` limiter, which divides
+its rate by it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from typing import Any, TypeVar
 from orchd.auth.gateway import Authenticator, build_authenticator
 from orchd.auth.guard import Counters, Guard
 from orchd.auth.jwks import JwksCache, JwksRegistry
-from orchd.auth.ratelimit import RateLimiter
+from orchd.auth.ratelimit import Instances, RateLimiter
 from orchd.model import AuthSettings, RateLimitSettings
 from orchd.router import Route, RoutingTable
 from orchd.store.consumers import ConsumerDirectory
@@ -53,9 +57,11 @@ def _kept(built: dict[str, tuple[_S, _T]], name: str, settings: _S | None,
 
 
 class GuardPool:
-    def __init__(self, jwks: JwksRegistry, consumers: ConsumerDirectory | None) -> None:
+    def __init__(self, jwks: JwksRegistry, consumers: ConsumerDirectory | None,
+                 instances: Instances | None = None) -> None:
         self.jwks = jwks
         self.consumers = consumers
+        self.instances = instances
         self.counters = Counters()
         self._auth: dict[str, tuple[AuthSettings, Authenticator]] = {}
         self._limits: dict[str, tuple[RateLimitSettings, RateLimiter]] = {}
@@ -109,7 +115,11 @@ class GuardPool:
                      lambda s: build_authenticator(s, self.jwks, self.consumers))
 
     def _limiter(self, name: str, settings: RateLimitSettings | None) -> RateLimiter | None:
-        return _kept(self._limits, name, settings, RateLimiter)
+        return _kept(self._limits, name, settings, self._build_limiter)
+
+    def _build_limiter(self, settings: RateLimitSettings) -> RateLimiter:
+        shared = self.instances if settings.scope == "cluster" else None
+        return RateLimiter(settings, instances=shared)
 
     def _in_use(self) -> tuple[set[str], set[str]]:
         urls: set[str] = set()
@@ -148,5 +158,9 @@ class GuardPool:
     # -- views
 
     def status(self) -> dict[str, Any]:
-        """``auth`` of ``/health/status``."""
-        return {"jwks": self.jwks.status()}
+        """``auth`` of ``/health/status``: the key sets, and with the etcd store the live
+        instances that ``scope: cluster`` limits are shared by."""
+        status: dict[str, Any] = {"jwks": self.jwks.status()}
+        if self.instances is not None:
+            status["instances"] = self.instances.count
+        return status

@@ -11,8 +11,15 @@ order. A bucket that has been idle long enough to be full again is the same as n
 so idle ones are dropped as requests pass (two per call). At the bound, the least recently
 used bucket is dropped even if it is not full: a key that comes back after that starts
 with a full bucket. A flood of new keys can thus loosen the limit of keys it pushes out,
-never grow memory or refuse requests it has not made. ``scope: cluster`` is not handled
-here: see ``docs/authentication.md``.
+never grow memory or refuse requests it has not made.
+
+``scope: cluster``: the limiter is given the live instances sharing the etcd store
+(``Instances``, kept by ``orchd.store.etcd``) and each instance takes its share: ``rate``
+and ``burst`` divided by their count (a bucket at least one token deep), so N instances
+behind one address let ``rate`` through together. The count is read on each call (one
+attribute read, compared with the last one); a change rescales every bucket at once, since
+tokens are stored as they were and capped by the new ``burst`` when next refilled. The
+``RateLimit-*`` fields describe this instance's share.
 """
 
 from __future__ import annotations
@@ -21,13 +28,21 @@ import math
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from orchd.auth import HeaderLookup
 from orchd.model import RateLimitSettings
 
-__all__ = ("MAX_KEYS", "Decision", "RateLimiter", "limit_key")
+__all__ = ("MAX_KEYS", "Decision", "Instances", "RateLimiter", "limit_key")
 
 MAX_KEYS = 65536
+
+
+class Instances(Protocol):
+    """How many orchd instances share a ``scope: cluster`` limit (this one included)."""
+
+    @property
+    def count(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,17 +61,30 @@ class Decision:
 
 
 class RateLimiter:
-    """One endpoint's ``rate_limit`` on this instance."""
+    """One endpoint's ``rate_limit`` on this instance: all of it, or with ``instances``
+    (``scope: cluster``) its share."""
 
-    def __init__(self, settings: RateLimitSettings, *, max_keys: int = MAX_KEYS) -> None:
+    def __init__(self, settings: RateLimitSettings, *, max_keys: int = MAX_KEYS,
+                 instances: Instances | None = None) -> None:
         self.settings = settings
+        self.instances = instances
+        self.max_keys = max_keys
         self.burst = float(settings.burst)
         self.per_second = settings.rate / settings.per
-        self.full_after = self.burst / self.per_second  # seconds from empty to full
-        self.max_keys = max_keys
+        self.shares = 1
         self._buckets: OrderedDict[str, list[float]] = OrderedDict()  # key -> [tokens, at]
+        if instances is not None:
+            self._share(instances.count)
+
+    def _share(self, count: int) -> None:
+        """Take one of ``count`` equal shares of the rate and the burst."""
+        self.shares = max(1, count)
+        self.burst = max(1.0, self.settings.burst / self.shares)
+        self.per_second = self.settings.rate / self.settings.per / self.shares
 
     def take(self, key: str, now: float) -> Decision:
+        if self.instances is not None and self.instances.count != self.shares:
+            self._share(self.instances.count)
         self._expire(now)
         bucket = self._buckets.get(key)
         if bucket is None:

@@ -6,11 +6,18 @@ Keys under the configured prefix (default ``/orchd/``)::
     {prefix}admin/{name}       {"disabled": null, "targets": {"http://10.0.0.5:8080": "draining"}}
     {prefix}consumers/{name}   {"created": 1700000000.0}
     {prefix}consumer-keys/{name}/{key_id}   {"prefix": "ok_AbCdEfGh", "hash": "<sha256>", ...}
+    {prefix}instances/{id}     {"host": "gw-1", "pid": 4242, "started": 1700000000.0}
 
 Consumers and keys are read with the registry and followed by the same watch, straight
 into ``consumers`` (the directory of keys by hash): they are not registry changes, so they
 do not reach the change consumer. A key is refused on an instance as soon as its watch
 sees the deletion.
+
+Every instance keeps one ``instances/`` key of its own, attached to a lease of
+``INSTANCE_TTL`` seconds that it renews every third of that, from ``watch`` until ``close``
+(which revokes the lease, so the others see it leave at once; an instance that dies is gone
+when its lease runs out). The same watch follows the others' keys into ``instances``, the
+count of live instances that ``rate_limit.scope: cluster`` divides its rate by.
 
 A registration with a ``ttl`` is attached to an etcd lease of that many seconds (its admin
 key too); the heartbeat renews the lease; when heartbeats stop, etcd deletes the keys and
@@ -48,6 +55,8 @@ import contextlib
 import json
 import math
 import os
+import secrets
+import socket
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -67,12 +76,14 @@ from orchd.store.consumers import (
     key_not_found,
 )
 
-__all__ = ("EtcdStore",)
+__all__ = ("INSTANCE_TTL", "EtcdStore", "Instances")
 
 ENDPOINTS = "endpoints/"
 ADMIN = "admin/"
 CONSUMERS = "consumers/"
 CONSUMER_KEYS = "consumer-keys/"
+INSTANCES = "instances/"
+INSTANCE_TTL = 4  # seconds an instance's key outlives its last renewal
 # gRPC codes that mean "try another member": UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED,
 # RESOURCE_EXHAUSTED (and UNKNOWN, which etcd 3.4 uses for "leader changed").
 _RETRY_CODES = frozenset({14, 4, 10, 8, 2})
@@ -118,6 +129,39 @@ class _Known:
     lease: int
 
 
+class Instances:
+    """The live orchd instances sharing this etcd, as this one knows them: its own, and the
+    others whose ``instances/`` keys its watch has seen and not seen deleted. ``count``
+    never falls below one; while etcd is unreachable it keeps the last known figure."""
+
+    __slots__ = ("_others", "count", "own")
+
+    def __init__(self, own: str) -> None:
+        self.own = own
+        self._others: set[str] = set()
+        self.count = 1
+
+    def replace(self, ids: set[str]) -> None:
+        self._others = ids - {self.own}
+        self._recount()
+
+    def joined(self, instance: str) -> None:
+        if instance != self.own:
+            self._others.add(instance)
+            self._recount()
+
+    def left(self, instance: str) -> None:
+        self._others.discard(instance)
+        self._recount()
+
+    def _recount(self) -> None:
+        count = 1 + len(self._others)
+        if count != self.count:
+            logger.info("%d orchd instance%s share the etcd store", count,
+                        "" if count == 1 else "s")
+        self.count = count
+
+
 class EtcdStore:
     name = "etcd"
     shared = True
@@ -143,6 +187,8 @@ class EtcdStore:
         self._tasks: list[asyncio.Task[None]] = []
         self._created = False  # the current watch stream was accepted
         self.consumers = ConsumerDirectory()
+        self.instances = Instances(secrets.token_hex(8))
+        self._instance_lease = 0
 
     # -- keys
 
@@ -233,8 +279,13 @@ class EtcdStore:
         known: dict[str, _Known] = {}
         changes: list[StoreEvent] = []
         consumers = ConsumerDirectory()
+        instances: set[str] = set()
         for kv in data.get("kvs", ()):
             key = _unb64(kv["key"])
+            instance = self._instance_of(key)
+            if instance is not None:
+                instances.add(instance)
+                continue
             value = base64.b64decode(kv.get("value", ""))
             mod = int(kv.get("mod_revision", 0))
             if self._consumer_change(consumers, key, value):
@@ -258,6 +309,7 @@ class EtcdStore:
                 changes.append(StoreEvent(split[1], kind=split[0], revision=revision))
         self._known = known
         self.consumers.replace(consumers)
+        self.instances.replace(instances)
         for key in (self._latest.keys() - self._consumer_keys()) | known.keys():
             self._note(key, known[key].revision if key in known else revision,
                        deleted=key not in known)
@@ -359,9 +411,8 @@ class EtcdStore:
             lease = known.lease
         return float(await self._keepalive(lease))
 
-    async def _keepalive(self, lease: int) -> int:
-        data = await self._call("/v3/lease/keepalive", {"ID": str(lease)},
-                                "renew a registration's lease")
+    async def _keepalive(self, lease: int, what: str = "renew a registration's lease") -> int:
+        data = await self._call("/v3/lease/keepalive", {"ID": str(lease)}, what)
         ttl = int((data.get("result") or {}).get("TTL", 0))
         if ttl <= 0:
             raise LookupError(lease)
@@ -400,7 +451,8 @@ class EtcdStore:
     async def watch(self) -> AsyncIterator[StoreEvent]:
         if not self._tasks:
             self._tasks = [asyncio.create_task(self._follow(), name="orchd-etcd-watch"),
-                           asyncio.create_task(self._probe(), name="orchd-etcd-probe")]
+                           asyncio.create_task(self._probe(), name="orchd-etcd-probe"),
+                           asyncio.create_task(self._announce(), name="orchd-etcd-instance")]
         while True:
             yield await self._events.get()
 
@@ -472,6 +524,13 @@ class EtcdStore:
         if revision <= self._latest.get(key, 0):
             return  # this instance wrote it (or has written the key since), or read it
         deleted = raw.get("type") == "DELETE"
+        instance = self._instance_of(key)
+        if instance is not None:
+            if deleted:
+                self.instances.left(instance)
+            else:
+                self.instances.joined(instance)
+            return
         value = None if deleted else base64.b64decode(kv.get("value", ""))
         if self._consumer_change(self.consumers, key, value):
             self._note(key, revision, deleted)
@@ -489,6 +548,49 @@ class EtcdStore:
         if event is not None:
             self._known[key] = entry
             self._events.put_nowait(event)
+
+    # -- instances
+
+    def _instance_of(self, key: str) -> str | None:
+        """The instance id of an ``instances/`` key; None for any other key."""
+        base = self.prefix + INSTANCES
+        if key.startswith(base) and len(key) > len(base):
+            return key[len(base):]
+        return None
+
+    async def _announce(self) -> None:
+        """Keep this instance's key alive: a lease of ``INSTANCE_TTL`` seconds renewed
+        every third of it, granted again (and the key written again) when it ran out while
+        etcd was out of reach. A failure is the store's status, as any other call's."""
+        key = self._key(INSTANCES, self.instances.own)
+        value = json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                            "started": time.time()}).encode()
+        while True:
+            try:
+                if self._instance_lease:
+                    await self._keepalive(self._instance_lease, "renew this instance's lease")
+                else:
+                    granted = await self._call("/v3/lease/grant", {"TTL": INSTANCE_TTL},
+                                               "grant this instance's lease")
+                    lease = int(granted["ID"])
+                    await self._call("/v3/kv/put", {"key": _b64(key), "value": _b64v(value),
+                                                    "lease": str(lease)},
+                                     "announce this instance")
+                    self._instance_lease = lease
+            except LookupError:  # the lease ran out: etcd deleted the key, write it again
+                self._instance_lease = 0
+                continue
+            except StoreError:
+                pass
+            await asyncio.sleep(INSTANCE_TTL / 3)
+
+    async def _leave(self) -> None:
+        """Revoke this instance's lease: its key goes, and the others count one less."""
+        lease, self._instance_lease = self._instance_lease, 0
+        if lease:
+            with contextlib.suppress(StoreError):
+                await self._call("/v3/lease/revoke", {"ID": str(lease)},
+                                 "withdraw this instance")
 
     # -- consumers
 
@@ -592,6 +694,7 @@ class EtcdStore:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks = []
+        await self._leave()
         if self._session is not None:
             await self._session.close()
             self._session = None
