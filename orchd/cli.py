@@ -26,6 +26,19 @@ EXIT_USAGE = 2
 EXIT_STARTUP = 3
 
 
+def _workers(text: str) -> int | str:
+    """``--workers``: what server.workers takes."""
+    if text == "auto":
+        return text
+    try:
+        number = int(text)
+    except ValueError:
+        number = 0
+    if not 1 <= number <= 256:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number from 1 to 256, or auto")
+    return number
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="orchd", description="Orchestrator API gateway daemon.",
@@ -41,6 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--state-dir", help="state directory (overrides server.state_dir)")
     p.add_argument("--control-socket",
                    help="control socket path, or 'none' (overrides server.control_socket)")
+    p.add_argument("-w", "--workers", type=_workers,
+                   help="processes serving the public port: N, or auto for one per CPU "
+                        "(overrides server.workers)")
     p.add_argument("-t", "--check", action="store_true",
                    help="validate the configuration and exit (0 valid, 1 invalid)")
     p.add_argument("-V", "--version", action="version", version=f"orchd {__version__}")
@@ -56,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = load_config(path, show_env_values=args.check) if path else Config()
         flags = Overrides(args.host, args.port, args.log_level, args.state_dir,
-                          args.control_socket)
+                          args.control_socket, args.workers)
         config, boot = apply_overrides(config, flags)
     except ConfigError as exc:
         print(f"orchd: configuration invalid: {exc.source or path}", file=sys.stderr)

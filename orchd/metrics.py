@@ -241,6 +241,12 @@ class Metrics(Collector):
         yield info
         yield GaugeMetricFamily("orchd_start_time_seconds", "Unix time orchd started.",
                                 value=state.started_at)
+        if state.workers is not None:  # server.workers above 1
+            workers = state.workers.status()
+            yield GaugeMetricFamily("orchd_workers", "Worker processes serving the public "
+                                    "port now.", value=workers["live"])
+            yield CounterMetricFamily("orchd_worker_replacements", "Worker processes that "
+                                      "died and were replaced.", value=workers["replaced"])
 
     def _gateway(self) -> Iterable[Metric]:
         """Authentication and rate limits at the gateway (orchd.auth.guard.Counters)."""

@@ -27,6 +27,7 @@ class Overrides:
     log_level: str | None = None
     state_dir: str | None = None
     control_socket: str | None = None
+    workers: int | str | None = None
 
 
 def find_config(flag: str | None, env: Mapping[str, str]) -> str | None:
@@ -67,7 +68,7 @@ def apply_overrides(config: Config, flags: Overrides,
     from_env = _env_overrides(env)
     server = config.server
     changes: dict[str, object] = {}
-    for key in ("host", "port", "state_dir", "control_socket"):
+    for key in ("host", "port", "state_dir", "control_socket", "workers"):
         value = getattr(flags, key)
         if value is None:
             value = getattr(from_env, key)

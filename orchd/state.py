@@ -44,6 +44,9 @@ class Workers(Protocol):
     async def refresh(self) -> None:
         """The workers' latest counts are in the instance's when this returns."""
 
+    def status(self) -> dict[str, Any]:
+        """How many there are, which run now, and how many were replaced."""
+
 
 @dataclass
 class ReloadStatus:

@@ -146,6 +146,7 @@ async def status(request: web.Request) -> web.Response:
         "uptime": round(time.time() - state.started_at, 3),
         "tls": state.tls.status() if state.tls is not None else None,
         "auth": state.guards.status() if state.guards is not None else {"jwks": []},
+        **({"workers": state.workers.status()} if state.workers is not None else {}),
     })
 
 

@@ -135,6 +135,12 @@ class WorkerSet:
     def pids(self) -> list[int]:
         return [w.pid for w in self._workers if w.pid]
 
+    def status(self) -> dict[str, Any]:
+        live = [w for w in self._workers if w.ready is not None and w.ready.done()
+                and w.process is not None]
+        return {"configured": self.count, "live": len(live), "pids": [w.pid for w in live],
+                "replaced": self.replaced}
+
     # -- start and stop
 
     async def start(self) -> None:

@@ -195,6 +195,14 @@ async def test_a_killed_worker_is_replaced_and_only_its_connections_fail(
     new_pid = int(replaced.group(1))
     assert alive(new_pid) and not alive(victim)
     await every_worker(f"{daemon.url}/orchestrator/svc/x", lambda s, b: s == 200)
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{daemon.url}/health/status") as r:
+            workers = (await r.json())["workers"]
+        assert workers["live"] == WORKERS and workers["replaced"] == 1, workers
+        assert new_pid in workers["pids"] and victim not in workers["pids"], workers
+        async with http.get(f"{daemon.url}/metrics") as r:
+            text = await r.text()
+        assert "orchd_workers 2.0" in text and "orchd_worker_replacements_total 1.0" in text
 
 
 async def _true(value: bool) -> bool:
@@ -203,8 +211,11 @@ async def _true(value: bool) -> bool:
 
 async def test_the_workers_never_outlive_the_supervisor(orchd_factory, upstream_factory):
     up = await upstream_factory()
-    daemon = orchd_factory(base_config(endpoint("svc", up.url), server={"workers": WORKERS}))
+    # --workers, as gunicorn and uvicorn users would pass it, overrides the file's setting.
+    daemon = orchd_factory(base_config(endpoint("svc", up.url)),
+                           extra_args=["--workers", str(WORKERS)])
     pids = worker_pids(daemon)
+    assert len(pids) == WORKERS
     assert all(alive(p) for p in pids)
     os.kill(daemon.proc.pid, signal.SIGKILL)
     daemon.proc.wait(10)
