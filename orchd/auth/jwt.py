@@ -17,10 +17,22 @@ the RFC 6750 challenge. The rules:
 Verified tokens are cached (``CACHE_SIZE`` entries per validator, least recently used
 dropped first) until their ``exp``, and forgotten when the key set changes, so a hot token
 costs one dict lookup (``cached``).
+
+A miss reads the header itself (``_header``: the token's shape checked with one regular
+expression, the first segment decoded) rather than with PyJWT's
+``get_unverified_header``, which checks every character of the whole token one by one in
+Python, as ``decode`` does again right after: for an RS256 token of 550 characters that
+read took 28 µs of a miss of about 100 µs, ``_header`` takes 5 µs. ``decode`` still checks
+the whole token, header included, so what ``_header`` lets through decides only which keys
+are tried.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
+import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -38,6 +50,9 @@ __all__ = ("CACHE_SIZE", "MAX_TOKEN_LENGTH", "JwtValidator", "TokenError", "Veri
 CACHE_SIZE = 4096  # verified tokens kept per validator
 MAX_TOKEN_LENGTH = 8192  # characters; a longer token is refused unread
 _HS = ("HS256", "HS384", "HS512")
+# header.payload.signature in base64url (PyJWT accepts trailing padding; an unsigned
+# token's signature is empty, and refused for its algorithm).
+_SHAPE = re.compile(r"[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]+={0,2}\.[A-Za-z0-9_-]*={0,2}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,10 +146,7 @@ class JwtValidator:
             return hit
         if len(token) > MAX_TOKEN_LENGTH:
             raise _refuse("malformed", f"the token is longer than {MAX_TOKEN_LENGTH} characters")
-        try:
-            header = pyjwt.get_unverified_header(token)
-        except pyjwt.PyJWTError:
-            raise _refuse("malformed", "the token is not a well-formed JWT") from None
+        header = _header(token)
         alg, kid = header.get("alg"), header.get("kid")
         if not isinstance(alg, str) or alg not in self._allowed:
             raise _refuse("algorithm_not_allowed", "the token's algorithm is not accepted here")
@@ -208,6 +220,22 @@ class JwtValidator:
 
     def __len__(self) -> int:
         return len(self._cache)
+
+
+def _header(token: str) -> dict[str, Any]:
+    """The token's JOSE header (see the module: ``decode`` checks the whole token after)."""
+    malformed = _refuse("malformed", "the token is not a well-formed JWT")
+    if _SHAPE.fullmatch(token) is None:
+        raise malformed
+    segment = token.partition(".")[0].rstrip("=")
+    try:
+        header = json.loads(base64.b64decode(segment + "=" * (-len(segment) % 4),
+                                             altchars=b"-_", validate=True))
+    except (ValueError, binascii.Error):
+        raise malformed from None
+    if not isinstance(header, dict):
+        raise malformed
+    return header
 
 
 def _translate(exc: pyjwt.PyJWTError) -> TokenError:
