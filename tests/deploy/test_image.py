@@ -116,16 +116,25 @@ class Container:
         assert self.proc.poll() is None, self.log.read_text()[-3000:]
 
     def _mounted(self) -> bool:
-        """The running orchd sees both volumes mounted (its own /proc/PID/mountinfo)."""
+        """The running orchd sees the host's two directories at /var/lib/orchd and
+        /run/orchd: a marker file written on the host is there through its own root
+        (/proc/PID/root). A mount point alone is not enough: the image declares both as
+        volumes, and without the bind mounts they are empty volumes of their own."""
         pid = self._orchd_pid()
         if pid is None:
             return False
+        marker = f".mounted-{os.getpid()}-{time.monotonic_ns()}"
         try:
-            mounts = {line.split()[4] for line in
-                      Path(f"/proc/{pid}/mountinfo").read_text().splitlines()}
+            for host, inside in ((self.state, "var/lib/orchd"), (self.rundir, "run/orchd")):
+                (host / marker).write_text("")
+                try:
+                    if not Path(f"/proc/{pid}/root/{inside}/{marker}").exists():
+                        return False
+                finally:
+                    (host / marker).unlink(missing_ok=True)
         except OSError:
             return False
-        return {"/var/lib/orchd", "/run/orchd"} <= mounts
+        return True
 
     def _orchd_pid(self) -> int | None:
         """The orchd process below this container's buildah process."""
