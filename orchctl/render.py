@@ -162,6 +162,12 @@ def status_view(status: Mapping[str, Any], endpoints: Mapping[str, Any]) -> View
         if store.get("error"):
             line += f" ({store['error']})"
         parts.append(line)
+    workers = status.get("workers")
+    if isinstance(workers, Mapping):  # server.workers above 1
+        live, wanted = workers.get("live"), workers.get("configured")
+        line = (f"workers: {_s(live)} of {_s(wanted)} running, "
+                f"{counted(workers.get('replaced'), 'replacement')} since start")
+        parts.append(Line(line, "" if live == wanted else "bold red"))
     parts += _certificate_lines(status.get("tls"))
     parts.append(grid if rows else "no endpoints registered")
     return View(tuple(parts))

@@ -203,6 +203,8 @@ async def test_a_killed_worker_is_replaced_and_only_its_connections_fail(
         async with http.get(f"{daemon.url}/metrics") as r:
             text = await r.text()
         assert "orchd_workers 2.0" in text and "orchd_worker_replacements_total 1.0" in text
+    code, out, err = await orchctl(daemon, "status")
+    assert code == 0 and "workers: 2 of 2 running, 1 replacement since start" in out, (out, err)
 
 
 async def _true(value: bool) -> bool:
