@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable
 from typing import Any, Final
 
-__all__ = ("Channel", "open_channel")
+__all__ = ("Channel", "encode", "open_channel")
 
 _LENGTH: Final = struct.Struct("!I")
 MAX_MESSAGE: Final = 256 * 1024 * 1024  # a longer length means a broken stream
@@ -63,16 +63,23 @@ class Channel(asyncio.Protocol):
 
     def send(self, *message: Any) -> bool:
         """Queue a message; False when the other end is gone."""
+        return self.send_encoded(encode(*message))
+
+    def send_encoded(self, data: bytes) -> bool:
+        """Queue a message ``encode`` made (once for every worker)."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return False
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
         transport.writelines((_LENGTH.pack(len(data)), data))
         return True
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def encode(*message: Any) -> bytes:
+    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 async def open_channel(sock: Any, on_message: Callable[[Message], None],

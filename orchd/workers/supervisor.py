@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchd.log import server_logger
 from orchd.workers import stats
-from orchd.workers.channel import Channel, Message, open_channel
+from orchd.workers.channel import Channel, Message, encode, open_channel
 from orchd.workers.relay import RelayIntake
 
 if TYPE_CHECKING:
@@ -338,14 +338,14 @@ class WorkerSet:
                 breaker.last_failure or "")
 
     def _send_state(self, worker: _Worker, seq: int,
-                    payload: dict[str, Any] | None = None) -> asyncio.Future[None] | None:
+                    encoded: bytes | None = None) -> asyncio.Future[None] | None:
         if worker.channel is None or not worker.channel.open:
             return None
-        if payload is None:
-            payload = self._payload(True)
+        if encoded is None:
+            encoded = encode("state", seq, self._payload(True))
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         worker.acks[seq] = fut
-        worker.channel.send("state", seq, payload)
+        worker.channel.send_encoded(encoded)
         return fut
 
     async def sync(self) -> None:
@@ -355,9 +355,10 @@ class WorkerSet:
         payload = self._payload(key != self._consumers_key)
         self._consumers_key = key
         seq = self._next_seq()
+        encoded = encode("state", seq, payload)  # once for all
         waits = [f for w in self._workers
                  if w.ready is not None and w.ready.done()
-                 and (f := self._send_state(w, seq, payload)) is not None]
+                 and (f := self._send_state(w, seq, encoded)) is not None]
         if not waits:
             return
         _, pending = await asyncio.wait(waits, timeout=SYNC_TIMEOUT)
