@@ -150,6 +150,56 @@ check socket-stop timeout 60 systemctl stop orchd.socket orchd
 check socket-stop-clean test "$(prop orchd Result)/$(prop orchd ExecMainStatus)" = success/0
 journalctl -u orchd -u orchd.socket --no-pager -o short-iso > "$out/journal-socket.txt" 2>&1
 
+# ------------------------------------------------------------------ server.workers: 2
+# The same unit, one supervisor (MAINPID) and two workers in the service's cgroup.
+cgroup_procs() { cat "/sys/fs/cgroup$(prop orchd ControlGroup)/cgroup.procs" 2>/dev/null; }
+worker_pids() { journalctl -u orchd --since "$1" -o cat \
+  | sed -n 's/.*with 2 workers (pids \([0-9 ]*\)).*/\1/p' | tail -1; }
+cp /etc/orchd/orchestrator.yaml /tmp/orchestrator.yaml.orig
+python3 - /etc/orchd/orchestrator.yaml <<'PY'
+import sys, yaml
+path = sys.argv[1]
+config = yaml.safe_load(open(path))
+config.setdefault("server", {})["workers"] = 2
+open(path, "w").write(yaml.safe_dump(config, sort_keys=False))
+PY
+since=$(date '+%Y-%m-%d %H:%M:%S')
+check workers-start timeout 60 systemctl start orchd
+check workers-healthy poll 50 healthy
+check workers-proxied poll 50 curl -fsS -o /dev/null --max-time 5 "$proxied"
+workers=$(worker_pids "$since")
+main=$(prop orchd MainPID)
+check workers-two test "$(echo $workers | wc -w)" = 2
+in_cgroup() { local procs; procs=$(cgroup_procs); for p in "$@"; do
+  echo "$procs" | grep -qx "$p" || return 1; done; }
+check workers-in-cgroup in_cgroup $workers
+check workers-mainpid-is-supervisor sh -c "! echo ' $workers ' | grep -q ' $main '"
+check workers-status-text test "$(prop orchd StatusText)" = serving
+since=$(date '+%Y-%m-%d %H:%M:%S')
+check workers-reload timeout 30 systemctl reload orchd
+check workers-reload-ready poll 50 sh -c \
+  "test \"\$(systemctl show -P StatusText orchd)\" = serving"
+load_start workers-kill-no-failed-request
+victim=$(echo $workers | cut -d' ' -f1)
+kill -9 "$victim"
+check workers-replaced poll 100 sh -c \
+  "journalctl -u orchd --since '$since' -o cat | grep -q 'replaced by pid'"
+load_stop workers-kill-no-failed-request
+journalctl -u orchd --since "$since" -o cat | grep -E 'worker|replaced' > "$out/workers-kill.txt"
+old=$(prop orchd MainPID)
+load_start workers-orchctl-restart-no-failed-request
+check workers-orchctl-restart timeout 90 orchctl restart
+check workers-old-exits poll 400 pid_gone "$old"
+load_stop workers-orchctl-restart-no-failed-request
+check workers-mainpid-follows test "$(prop orchd MainPID)" != "$old"
+orchctl status > "$out/orchctl-status-workers.txt" 2>&1
+check workers-orchctl-status grep -q "workers: 2 of 2 running" "$out/orchctl-status-workers.txt"
+systemctl status --no-pager orchd > "$out/status-workers.txt" 2>&1
+check workers-stop timeout 60 systemctl stop orchd
+check workers-stop-clean test "$(prop orchd Result)/$(prop orchd ExecMainStatus)" = success/0
+check workers-none-left sh -c "! pgrep -f 'multiprocessing.forkserver' >/dev/null"
+cp /tmp/orchestrator.yaml.orig /etc/orchd/orchestrator.yaml
+
 # ------------------------------------------------------------------ exposure
 systemd-analyze security --no-pager orchd.service > "$out/security.txt" 2>&1
 level=$(sed -n 's/.*Overall exposure level for orchd.service: \([0-9.]*\).*/\1/p' "$out/security.txt")

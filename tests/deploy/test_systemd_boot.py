@@ -20,7 +20,7 @@ from tests.support import ROOT, short_tmpdir, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
 
-BOOT_DEADLINE = 240  # seconds from boot to the checks' last line
+BOOT_DEADLINE = 360  # seconds from boot to the checks' last line
 CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 NSPAWN = ["systemd-nspawn", "--quiet", "--register=no", "--keep-unit"]
 
