@@ -96,8 +96,10 @@ bench-deps:
 ##        and HTTPS (BENCH_ARGS=--quick for one short round, BENCH_ARGS=--no-tls without HTTPS),
 ##        then two cores shared: orchd, nginx, HAProxy and Caddy with 1 and 2 workers each
 ##        (BENCH_ARGS=--no-two-core without it, BENCH_ARGS=--two-core-only for it alone)
+##        and the gateway's checks (bench/auth.py: JWT, API key and rate limit next to none)
 bench: $(STAMP) bench-deps
 	$(BIN)/python bench/throughput.py $(BENCH_ARGS)
+	$(BIN)/python bench/auth.py $(filter --quick,$(BENCH_ARGS))
 
 ## bench-reload: ~1,000 req/s for 60 s while the config is rewritten 30 times, 10 SIGHUPs and
 ##               3 orchctl restarts: requests, non-2xx, socket errors, p99 during vs without
