@@ -106,6 +106,16 @@ class _LimitedBody:
         return chunk
 
 
+def _request_body(content: StreamReader, limit: int) -> bytes | _LimitedBody:
+    """The client's request body as the upstream pool takes it: whole, when it has all
+    arrived already within ``limit`` (a small body comes with its head), so that it leaves
+    with the request's head in one write, with no task to send it; else a ``_LimitedBody``
+    that reads it as it comes. Whole or not, the upstream gets the same bytes."""
+    if content.is_eof() and content.exception() is None and content.total_bytes <= limit:
+        return content.read_nowait()
+    return _LimitedBody(content, limit)
+
+
 class _UpstreamFailed(Exception):
     """A try that failed before any byte reached the client."""
 
@@ -187,8 +197,9 @@ class _Exchange:
     same over its tries, built once per request, and the current try (``begin``): its
     target, its URL, and whether that target's breaker has heard how it went (``settle``)."""
 
-    __slots__ = ("answer", "connect_timeout", "has_body", "headers", "max_body", "method",
-                 "reply", "request", "rid", "route", "settled", "started", "target", "url")
+    __slots__ = ("answer", "body", "connect_timeout", "has_body", "headers", "max_body",
+                 "method", "reply", "request", "rid", "route", "settled", "started", "target",
+                 "url")
 
     target: Target
     url: str
@@ -209,6 +220,8 @@ class _Exchange:
         self.settled = True  # no try yet
         # The gateway's own fields of the answer (CORS, RateLimit-*): None without a guard.
         self.answer: Headers | None = None
+        # The request body once read whole (``_request_body``): kept for another try.
+        self.body: bytes | None = None
 
     def begin(self, target: Target, url: str) -> None:
         """A try on ``target`` (its breaker let the call through), of ``url`` under it."""
@@ -525,13 +538,16 @@ class Proxy:
         target.in_flight += 1
         target.requests += 1
         request["target"] = target.url
+        payload: bytes | _LimitedBody | None = ex.body
+        if payload is None and ex.has_body:
+            payload = _request_body(request.content, max_body)
+            if isinstance(payload, bytes):
+                ex.body = payload
         try:
             try:
                 upstream = await self.upstream.request(
                     self.upstream.origin_for(target.url, route.spec.tls), method, ex.url,
-                    ex.headers,
-                    _LimitedBody(request.content, max_body) if ex.has_body else None,
-                    request.content_length if ex.has_body else None,
+                    ex.headers, payload, request.content_length if ex.has_body else None,
                     ex.connect_timeout, timeout=timeout,
                 )
             except BodyTooLarge:

@@ -107,6 +107,45 @@ async def test_streamed_body_with_and_without_length(pool: UpstreamPool, echo: U
         assert doc["headers"]["Transfer-Encoding"] == "chunked"
 
 
+@pytest.mark.parametrize("size", [0, 100, 70000])
+@pytest.mark.parametrize("known_length", [True, False])
+async def test_whole_body_with_and_without_length(pool: UpstreamPool, echo: Upstream,
+                                                  known_length: bool, size: int) -> None:
+    """A body that had all arrived is given as bytes: it leaves with the head (joined when
+    small, side by side when not), framed as an iterator's would be."""
+    body = b"w" * size
+    origin = pool.origin("http", "127.0.0.1", echo.port)
+    resp = await pool.request(origin, "POST", "/up", [], body,
+                              size if known_length else None, 5.0)
+    try:
+        doc = json.loads(await body_of(resp))
+    finally:
+        resp.release()
+    assert doc["body"] == body.decode()
+    if known_length:
+        assert doc["headers"]["Content-Length"] == str(size)
+    else:
+        assert doc["headers"]["Transfer-Encoding"] == "chunked"
+
+
+async def test_small_whole_body_arrives_with_the_head(pool: UpstreamPool) -> None:
+    """One write: the upstream's first read has the whole request, chunk framing included."""
+    first: list[bytes] = []
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        first.append(await reader.read(65536))
+        writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")
+        await writer.drain()
+        await reader.read()
+
+    async with raw_server(answer) as port:
+        origin = pool.origin("http", "127.0.0.1", port)
+        resp = await pool.request(origin, "POST", "/", [], b"x" * 100, None, 5.0)
+        resp.release()
+    assert first[0].endswith(b"Transfer-Encoding: chunked\r\n\r\n64\r\n" + b"x" * 100
+                             + b"\r\n0\r\n\r\n")
+
+
 async def test_head_has_no_body_and_does_not_hang(pool: UpstreamPool, echo: Upstream) -> None:
     origin = pool.origin("http", "127.0.0.1", echo.port)
     resp = await pool.request(origin, "HEAD", "/h", [], None, None, 5.0)
@@ -285,6 +324,8 @@ def test_the_same_on_uvloop() -> None:
             for scenario in (
                 lambda p: test_get_reuses_one_connection(p, echo),
                 lambda p: test_streamed_body_with_and_without_length(p, echo, False),
+                lambda p: test_whole_body_with_and_without_length(p, echo, False, 70000),
+                test_small_whole_body_arrives_with_the_head,
                 lambda p: test_head_has_no_body_and_does_not_hang(p, echo),
                 test_connection_closed_while_idle_is_replaced,
                 test_body_until_close,
