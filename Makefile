@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 PREFIX ?= /usr/local
 DESTDIR ?=
 
-.PHONY: run test test-deploy lint check-config install bench bench-deps bench-reload bench-propagation bench-health soak clean sysdeps bench-metrics
+.PHONY: run test test-deploy lint check-config install bench bench-deps bench-reload bench-propagation bench-health soak clean sysdeps bench-metrics bench-syscalls
 
 # The request path is compiled with mypyc (setup.py): a change to it reinstalls.
 COMPILED := $(addprefix orchd/,front.py http1.py edge_rules.py proxy.py upstream.py traffic.py \
@@ -88,7 +88,8 @@ clean:
 	rm -rf run build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache test-artifacts
 	rm -f orchd/*.so
 
-## bench-deps: the Debian packages the benchmarks use (wrk, nginx-light, caddy, util-linux)
+## bench-deps: the Debian packages the benchmarks use (wrk, nginx-light, caddy, util-linux,
+##             strace, linux-perf)
 bench-deps:
 	scripts/system-deps.sh bench
 
@@ -117,6 +118,11 @@ bench-health: $(STAMP)
 ## bench-metrics: proxy throughput and CPU per request with server.metrics on vs off (needs wrk, nginx)
 bench-metrics: $(STAMP) bench-deps
 	$(BIN)/python bench/metrics_cost.py
+
+## bench-syscalls: system calls per proxied request, orchd next to nginx, counted by perf and
+##                 strace (GET ~100 B, POST, 64 KiB, 1 MiB; wrk -c64, keep-alive)
+bench-syscalls: $(STAMP) bench-deps
+	$(BIN)/python bench/syscalls.py $(SYSCALLS_ARGS)
 
 ## soak: 10 minutes of mixed traffic, registrations and reloads; RSS and fds at start and end (SOAK_SECONDS=60 for a short run)
 SOAK_SECONDS ?= 600

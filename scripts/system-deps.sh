@@ -29,6 +29,9 @@ bench_pkgs=(
   "nginx:nginx-light"
   "caddy:caddy"
   "taskset:util-linux"
+  # bench/syscalls.py: system calls per request
+  "strace:strace"
+  "perf:linux-perf"
 )
 if [ "$set_name" = bench ]; then pkgs=("${bench_pkgs[@]}"); else pkgs=("${test_pkgs[@]}"); fi
 missing=()
