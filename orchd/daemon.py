@@ -49,7 +49,7 @@ from orchd.log import access_logger, registry_logger, server_logger
 from orchd.metrics import Metrics
 from orchd.model import Config, ServerSettings
 from orchd.proxy import Proxy
-from orchd.redirect import redirect_app
+from orchd.redirect import redirect_runner
 from orchd.registry import Registry
 from orchd.resolver import CheckedResolver
 from orchd.sources import CertificateWatcher, ConfigWatcher
@@ -393,8 +393,7 @@ class Daemon:
         inherited = self._inherited.redirect_for(self.boot.host, port)
         if port is None or state.tls is None:
             return
-        runner = web.AppRunner(redirect_app(self.boot.port), handle_signals=False,
-                               shutdown_timeout=1.0, access_log=None)
+        runner = redirect_runner(self.boot.port, settings=lambda: state.config.server)
         await runner.setup()
         self._runners.append(runner)
         self._redirect_runner = runner

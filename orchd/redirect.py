@@ -4,13 +4,22 @@ same host and path on the https port.
 308 (not 301) keeps the method and body of a POST that followed it. The host is the one the
 client asked for (``Host``), its port replaced by the public port; a request without a
 usable ``Host`` gets 400 (orchd never redirects to a name it made up).
+
+The listener keeps the public port's edge rules (``orchd.edge_rules``, through
+``orchd.aiohttp_server.GuardedRunner``): the header deadline, the size limits (414, 431),
+``server.max_connections`` (counted for this port alone) and the idle keep-alive timeout,
+read from the running configuration as each connection opens. A plain port facing the
+network is as open to slowloris and oversized heads as the TLS one.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-__all__ = ("https_location", "redirect_app")
+from orchd.aiohttp_server import GuardedRunner
+from orchd.edge_rules import SettingsFn
+
+__all__ = ("https_location", "redirect_app", "redirect_runner")
 
 
 def https_location(host_header: str, raw_path: str, https_port: int) -> str | None:
@@ -43,3 +52,9 @@ def redirect_app(https_port: int) -> web.Application:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", redirect)
     return app
+
+
+def redirect_runner(https_port: int, settings: SettingsFn) -> GuardedRunner:
+    """The runner of the redirecting listener, with the edge rules of ``settings()``."""
+    return GuardedRunner(redirect_app(https_port), settings=settings, handle_signals=False,
+                         shutdown_timeout=1.0, access_log=None)
