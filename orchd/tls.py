@@ -1,5 +1,6 @@
 """TLS: the public port's certificates (loading, SNI choice, reload, facts) and the client
-contexts orchd uses towards https upstreams.
+contexts orchd uses towards https upstreams (one per endpoint ``tls`` block, its files reread
+when they are replaced on disk: ``UpstreamContext``).
 
 The listener's context (``ServerTls.listener``) is made once, at start: the TLS versions,
 the cipher suites, ALPN and client authentication it offers are fixed for the life of the
@@ -21,7 +22,10 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import math
+import os
+import socket
 import ssl
+import threading
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -31,6 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from orchd.log import config_logger
 from orchd.model import CertificatePair, ServerTls, UpstreamTls
 
 __all__ = (
@@ -38,6 +43,7 @@ __all__ = (
     "CertificateFacts",
     "TlsEdge",
     "TlsError",
+    "UpstreamContext",
     "client_server_name",
     "client_ssl",
     "is_loopback",
@@ -295,14 +301,16 @@ def restart_keys(running: ServerTls | None, wanted: ServerTls | None) -> list[st
 # -- towards upstreams
 
 
-@lru_cache(maxsize=256)
-def upstream_context(tls: UpstreamTls | None) -> ssl.SSLContext:
-    """The client context for an endpoint's ``tls`` block (cached per block); raises
-    ``TlsError`` naming a file that does not load."""
+# How often a new upstream connection may look at its files again (a stat each).
+RECHECK = 1.0
+_CACHED = 256  # tls blocks kept (targets and their blocks come and go with registrations)
+
+
+def _build_upstream(tls: UpstreamTls) -> ssl.SSLContext:
+    """A client context made from an endpoint's ``tls`` block and its files as they are now;
+    raises ``TlsError`` naming a file that does not load."""
     ctx = ssl.create_default_context()
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    if tls is None:
-        return ctx
     if tls.ca_file is not None:
         try:
             ctx.load_verify_locations(cafile=tls.ca_file)
@@ -322,10 +330,139 @@ def upstream_context(tls: UpstreamTls | None) -> ssl.SSLContext:
     return ctx
 
 
+_Stamp = tuple[int, int, int, int] | None
+
+
+def _stamps(tls: UpstreamTls) -> tuple[_Stamp, ...]:
+    """What tells a file replaced at the same path (rename, symlink swap, rewrite): its
+    device, inode, size and modification time; None for a file that cannot be seen."""
+    out: list[_Stamp] = []
+    for path in (tls.ca_file, tls.cert_file, tls.key_file):
+        if path is None:
+            continue
+        try:
+            st = os.stat(path)
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+class UpstreamContext(ssl.SSLContext):
+    """The client context of one endpoint ``tls`` block, whose files are reread when they
+    change on disk: a CA bundle or client certificate replaced at the same path is used by
+    new connections without a change to the block.
+
+    The object stays the same for the life of the block (the upstream pool and aiohttp key
+    their connections by it); every connection it makes (``wrap_bio``, ``wrap_socket``) is
+    made by the context last built from the files (``current``). ``refresh`` rebuilds that
+    one when a file's stamp changed: at every config load (``upstream_problems``, so SIGHUP,
+    ``orchctl reload`` and ``POST /config/reload`` reread them and report a file that does
+    not load), and on a new connection at most every ``RECHECK`` seconds (a file replaced
+    between reloads). A rebuild that fails keeps the previous context. Connections already
+    open are untouched."""
+
+    tls: UpstreamTls
+    current: ssl.SSLContext
+
+    def __new__(cls, tls: UpstreamTls) -> UpstreamContext:
+        return super().__new__(cls, ssl.PROTOCOL_TLS_CLIENT)
+
+    def __init__(self, tls: UpstreamTls) -> None:
+        """Load the files now; raises ``TlsError`` if one does not load."""
+        self.tls = tls
+        self._stamps = _stamps(tls)
+        self.current = _build_upstream(tls)
+        self._checked = time.monotonic()
+        self._failed: tuple[_Stamp, ...] | None = None  # stamps of a load that failed
+        self._lock = threading.Lock()
+        # The same choices on this object, for whoever reads them off the context.
+        self.minimum_version = ssl.TLSVersion.TLSv1_2
+        self.check_hostname = self.current.check_hostname
+        self.verify_mode = self.current.verify_mode
+
+    def refresh(self, wait: bool = True) -> TlsError | None:
+        """Rebuild ``current`` if a file changed since it was built; the error of a file
+        that does not load (the previous context stays), else None. ``wait=False`` gives
+        up at once when another thread is rebuilding."""
+        self._checked = time.monotonic()
+        if not self._lock.acquire(blocking=wait):
+            return None
+        try:
+            stamps = _stamps(self.tls)
+            if stamps == self._stamps:
+                return None
+            try:
+                fresh = _build_upstream(self.tls)
+            except TlsError as exc:
+                if stamps != self._failed:
+                    self._failed = stamps
+                    config_logger.error("%s; connections to the upstream keep using the "
+                                        "previous file", exc)
+                return exc
+            self.current = fresh  # one assignment: the next connection uses it
+            self._stamps, self._failed = stamps, None
+            config_logger.info("upstream tls files reread: %s", ", ".join(
+                f for f in (self.tls.ca_file, self.tls.cert_file, self.tls.key_file) if f))
+            return None
+        finally:
+            self._lock.release()
+
+    def _fresh(self) -> ssl.SSLContext:
+        if time.monotonic() - self._checked >= RECHECK:
+            self.refresh(wait=False)
+        return self.current
+
+    def wrap_bio(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO,
+                 server_side: bool = False, server_hostname: str | bytes | None = None,
+                 session: ssl.SSLSession | None = None) -> ssl.SSLObject:
+        return self._fresh().wrap_bio(incoming, outgoing, server_side, server_hostname,
+                                      session)
+
+    def wrap_socket(self, sock: socket.socket, server_side: bool = False,
+                    do_handshake_on_connect: bool = True, suppress_ragged_eofs: bool = True,
+                    server_hostname: str | bytes | None = None,
+                    session: ssl.SSLSession | None = None) -> ssl.SSLSocket:
+        return self._fresh().wrap_socket(sock, server_side, do_handshake_on_connect,
+                                         suppress_ragged_eofs, server_hostname, session)
+
+
+@lru_cache(maxsize=1)
+def _system_trust() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+_UPSTREAM: dict[UpstreamTls, UpstreamContext] = {}
+
+
+def upstream_context(tls: UpstreamTls | None) -> ssl.SSLContext:
+    """The client context for an endpoint's ``tls`` block: one per block, its files reread
+    when they change (``UpstreamContext``); without a block, the system's trust anchors.
+    Raises ``TlsError`` naming a file that does not load."""
+    if tls is None:
+        return _system_trust()
+    ctx = _UPSTREAM.get(tls)
+    if ctx is None:
+        ctx = UpstreamContext(tls)
+        if len(_UPSTREAM) >= _CACHED:
+            del _UPSTREAM[next(iter(_UPSTREAM))]
+        _UPSTREAM[tls] = ctx
+    return ctx
+
+
 def upstream_problems(tls: UpstreamTls) -> list[tuple[str, TlsError]]:
-    """(key, error) for each file of an endpoint's ``tls`` that does not load."""
+    """(key, error) for each file of an endpoint's ``tls`` that does not load, read as it
+    is on disk now (a config load rereads the files of a block in use)."""
     try:
-        upstream_context(tls)
+        cached = tls in _UPSTREAM
+        ctx = upstream_context(tls)
+        if cached and isinstance(ctx, UpstreamContext):
+            failed = ctx.refresh()
+            if failed is not None:
+                raise failed
     except TlsError as exc:
         key = next((k for k in ("ca_file", "cert_file", "key_file")
                     if getattr(tls, k) == exc.file), "ca_file")
