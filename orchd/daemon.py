@@ -49,6 +49,7 @@ from orchd.log import access_logger, registry_logger, server_logger
 from orchd.metrics import Metrics
 from orchd.model import Config, ServerSettings
 from orchd.proxy import Proxy
+from orchd.proxy_accept import ProxyThenTls, serve_public
 from orchd.redirect import redirect_runner
 from orchd.registry import Registry
 from orchd.resolver import CheckedResolver
@@ -126,6 +127,7 @@ class Daemon:
         self._handed_over: int | None = None  # the successor's pid
         self._signal_tasks: set[asyncio.Task[None]] = set()
         self._workers: WorkerSet | None = None  # server.workers above 1
+        self._accepting: list[ProxyThenTls] = []  # PROXY before TLS: orchd.proxy_accept
 
     async def run(self) -> int:
         state = await self._build()
@@ -250,19 +252,27 @@ class Daemon:
         # TLS is per connection: an inherited listening socket serves HTTPS as well.
         tls = state.tls.listener if state.tls is not None else None
         scheme = "https" if tls is not None else "http"
+        proxy_first = tls is not None and self.boot.proxy_protocol  # orchd.proxy_accept
         count = self.boot.worker_count()
         if count > 1:
             await self._start_workers(state, public_runner, metrics, inherited, count)
         elif inherited:
+            self._accepting = await serve_public(public_runner, inherited, tls,
+                                                 lambda: state.config.server, proxy_first)
             for sock in inherited:
-                await web.SockSite(public_runner, sock, ssl_context=tls).start()
                 server_logger.info("serving %s on inherited socket %s", scheme,
                                    sock.getsockname())
         else:
-            site = web.TCPSite(public_runner, self.boot.host, self.boot.port, backlog=1024,
-                               reuse_port=self.boot.reuse_port or None, ssl_context=tls)
             try:
-                await site.start()
+                if proxy_first:  # accepted here: the PROXY header comes before TLS
+                    socks = bind_public(self.boot.host, self.boot.port, 1,
+                                        self.boot.reuse_port)[0]
+                    self._accepting = await serve_public(
+                        public_runner, socks, tls, lambda: state.config.server, proxy_first)
+                else:
+                    await web.TCPSite(public_runner, self.boot.host, self.boot.port,
+                                      backlog=1024, reuse_port=self.boot.reuse_port or None,
+                                      ssl_context=tls).start()
             except OSError as exc:
                 raise StartupError(
                     f"cannot listen on {self.boot.host}:{self.boot.port}: {exc.strerror}"
@@ -280,7 +290,8 @@ class Daemon:
         # may not point there.
         listening = [*public_runner.addresses,
                      *(s.getsockname() for s in (self._workers.listeners if self._workers
-                                                 else ()))]
+                                                 else ())),
+                     *(a.sock.getsockname() for a in self._accepting)]
         state.own_addresses = tuple(dict.fromkeys((
             (self.boot.host, self.boot.port),
             *((str(a[0]), int(a[1])) for a in listening if isinstance(a, tuple)))))
@@ -505,6 +516,7 @@ class Daemon:
         fds: dict[str, list[int]] = {"public": [], "control": [], "redirect": []}
         if self._workers is not None:
             fds["public"].extend(s.fileno() for s in self._workers.listeners)
+        fds["public"].extend(a.sock.fileno() for a in self._accepting)
         for runner in self._runners:
             role = ("control" if runner is self._control_runner else
                     "redirect" if runner is self._redirect_runner else "public")
@@ -543,6 +555,8 @@ class Daemon:
         # Stop accepting: the public listeners always; the control socket too after a
         # handover (it is the successor's now), else it answers status calls until the end.
         control = self._control_runner if self._handed_over is None else None
+        for accepting in self._accepting:
+            accepting.close()
         for runner in self._runners:
             if runner is not control:
                 for site in list(runner.sites):

@@ -298,6 +298,10 @@ class FrontConnection(asyncio.Protocol):
         # worker's PROXY header naming the client; ``_secure`` is what the worker says.
         self._relayed = False
         self._socket_peer = ""  # a relayed connection's: the client socket's peer address
+        # A trusted proxy's PROXY header, read before TLS (orchd.proxy_accept): the client
+        # it named (None: the proxy's own connection).
+        self._told = False
+        self._told_client: str | None = None
         self._parser = httptools.HttpRequestParser(self)
         self._buf = bytearray()  # received bytes not given to the parser yet
         # What the parser callbacks collect for the head being parsed.
@@ -345,6 +349,12 @@ class FrontConnection(asyncio.Protocol):
         trusted = limits.trusted_proxies
         if self._relayed:
             self._opening = _PROXY_HEADER
+        elif self._told:  # its PROXY header was read before TLS: requests follow
+            self._opening = _OPEN
+            if self._told_client is not None:
+                self._remote = remote = self._told_client
+                self._proxied = True
+            self._trusted = trusted if address_in(remote, trusted) else ()
         elif trusted and address_in(remote, trusted):
             if limits.proxy_protocol:
                 self._opening = _PROXY_HEADER
@@ -364,6 +374,12 @@ class FrontConnection(asyncio.Protocol):
         self._relayed = True
         self._secure = secure
         self._socket_peer = socket_peer
+
+    def told(self, client: str | None) -> None:
+        """Before ``connection_made``: a trusted proxy's PROXY header, read before the TLS
+        handshake (``orchd.proxy_accept``), named ``client`` (None: LOCAL)."""
+        self._told = True
+        self._told_client = client
 
     def data_received(self, data: bytes) -> None:
         if self._in_body:

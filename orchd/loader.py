@@ -394,17 +394,6 @@ def _upstream_policy_errors(data: dict[str, Any], doc: Document) -> list[FieldEr
     return out
 
 
-def _proxy_protocol_errors(server: Mapping[str, Any], doc: Document) -> list[FieldError]:
-    """``server.proxy_protocol`` reads the header on the plain listener only: with ``tls``
-    the header would come before the TLS handshake, which is not read that way yet."""
-    if server.get("proxy_protocol") is True and server.get("tls") is not None:
-        where = ("server", "proxy_protocol")
-        return [FieldError(format_path(where), "cannot be combined with server.tls: terminate "
-                           "TLS at the load balancer, or forward X-Forwarded-For from a peer "
-                           "in server.trusted_proxies instead", doc.line_of(where))]
-    return []
-
-
 def _proxy_warnings(server: Mapping[str, Any], doc: Document) -> list[str]:
     if server.get("proxy_protocol") is True and not server.get("trusted_proxies"):
         where = ("server", "proxy_protocol")
@@ -521,7 +510,6 @@ def parse_config(text: str, path: str | None = None,
     if not errors:
         errors += _upstream_policy_errors(data, doc)
         errors += _tls_errors(data, doc)
-        errors += _proxy_protocol_errors(data.get("server") or {}, doc)
         errors += _rate_limit_scope_errors(data, doc)
     if errors:
         raise ConfigError(errors, path)

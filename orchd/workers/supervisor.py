@@ -54,9 +54,11 @@ _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(["orchd.workers.worker"])
 
 
-def bind_public(host: str, port: int, count: int) -> list[list[socket.socket]]:
+def bind_public(host: str, port: int, count: int,
+                reuse_port: bool = True) -> list[list[socket.socket]]:
     """``count`` sets of listening sockets on ``host:port`` (every address the host name
-    has), all with ``SO_REUSEPORT``; port 0 takes one free port for all."""
+    has), with ``SO_REUSEPORT`` (more than one set needs it); port 0 takes one free port
+    for all."""
     infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
                                flags=socket.AI_PASSIVE)
     seen: list[tuple[socket.AddressFamily, Any]] = []
@@ -72,7 +74,8 @@ def bind_public(host: str, port: int, count: int) -> list[list[socket.socket]]:
                 sock = socket.socket(kind, socket.SOCK_STREAM)
                 socks.append(sock)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                if reuse_port or count > 1:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 if kind == socket.AF_INET6:
                     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 sock.bind((addr[0], port, *addr[2:]))

@@ -45,6 +45,7 @@ from orchd.log import access_logger, server_logger
 from orchd.model import Config, ServerSettings
 from orchd.process import configure_logging, tune_malloc
 from orchd.proxy import Proxy
+from orchd.proxy_accept import serve_public
 from orchd.registry import Entry, Registry
 from orchd.resolver import CheckedResolver
 from orchd.state import GatewayState
@@ -165,9 +166,9 @@ class Worker:
         assert front is not None
         front.relay = Relayer(args.relay, loop).relay  # type: ignore[attr-defined]
         args.relay.setblocking(False)
-        listener = tls.listener if tls is not None else None
-        for sock in args.listeners:
-            await web.SockSite(runner, sock, ssl_context=listener).start()
+        accepting = await serve_public(runner, args.listeners,
+                                       tls.listener if tls is not None else None,
+                                       lambda: state.config.server, boot.proxy_protocol)
         loop.add_signal_handler(signal.SIGTERM, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGINT, self._on_stop_signal)
         loop.add_signal_handler(signal.SIGHUP, lambda: None)  # the supervisor's to handle
@@ -182,6 +183,8 @@ class Worker:
             reporter.cancel()
             state.stopping = True
             timeout = state.config.server.shutdown_timeout
+            for listener in accepting:
+                listener.close()
             for site in list(runner.sites):
                 await site.stop()
             lingered = await linger([runner], min(LINGER, timeout / 2), self._force)

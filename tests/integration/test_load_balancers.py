@@ -9,6 +9,7 @@ must name. With CI=true a missing balancer fails the test; elsewhere it is skipp
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import shutil
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.rawhttp import endpoint
+from tests.integration.rawhttp import endpoint, read_answer
 from tests.integration.test_client_identity import access_line, get, sent_headers, talk
 from tests.support import IN_CI, ROOT, async_wait_until, base_config, free_port, short_tmpdir
 
@@ -154,3 +155,74 @@ async def test_nginx_x_forwarded_for_names_the_client(orchd_factory, upstream_fa
 def test_the_section_names_what_the_tests_run() -> None:
     assert "send-proxy-v2" in doc_block("haproxy")
     assert "$proxy_add_x_forwarded_for" in doc_block("nginx")
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_haproxy_passes_tls_through_after_its_proxy_header(
+        orchd_factory, upstream_factory, workers: int) -> None:
+    """``server.proxy_protocol`` with ``server.tls``: HAProxy in TCP mode sends its PROXY v2
+    header in clear, then the client's TLS bytes; orchd reads the header, then the handshake
+    (orchd.proxy_accept), and names the client. Its health checks do the same."""
+    import ssl
+
+    from tests.tls_support import CA, write_pair
+
+    haproxy = require("haproxy")
+    up = await upstream_factory()
+    workdir = short_tmpdir()
+    ca = CA()
+    cert, key = write_pair(workdir / "tls", "site", ca.issue("localhost", "127.0.0.1"))
+    gw = orchd_factory(base_config(endpoint("echo", up.url), server={
+        "trusted_proxies": ["127.0.0.2/32"], "proxy_protocol": True, "workers": workers,
+        "tls": {"certificates": [{"cert_file": str(cert), "key_file": str(key)}]}}),
+        start=False)
+    gw.start(wait=False)
+    await async_wait_until(lambda: _ready(gw), 30, what="orchd to be ready")
+    port = free_port()
+    config = (doc_block("haproxy")
+              .replace("bind :80", f"bind 127.0.0.1:{port}")
+              .replace("10.0.0.21:8000", f"127.0.0.1:{gw.port}")
+              .replace("check check-send-proxy inter 1s",
+                       "check check-ssl verify none check-send-proxy inter 1s source 127.0.0.2"))
+    assert "check-ssl" in config
+    (workdir / "haproxy.cfg").write_text(config)
+    ctx = ca.client_context()
+    try:
+        with running([haproxy, "-db", "-f", str(workdir / "haproxy.cfg")], workdir):
+            got: dict[str, str] = {}
+
+            async def answered() -> bool:
+                try:
+                    reader, writer = await asyncio.open_connection(
+                        "127.0.0.1", port, ssl=ctx, server_hostname="localhost",
+                        local_addr=(CLIENT, 0))
+                except (OSError, ssl.SSLError):
+                    return False
+                try:
+                    writer.write(get("/orchestrator/echo/tls", "X-Forwarded-For: 6.6.6.6"))
+                    answer = await read_answer(reader)
+                finally:
+                    writer.close()
+                if answer.status != 200:
+                    return False
+                got.update(sent_headers(answer))
+                return True
+
+            await async_wait_until(answered, 20, what="a request through HAProxy over TLS")
+            assert got["X-Forwarded-For"] == f"6.6.6.6, {CLIENT}"
+            assert got["X-Forwarded-Proto"] == "https"
+            line = await access_line(gw, "/orchestrator/echo/tls")
+            assert line.startswith(f"{CLIENT} ") or f" {CLIENT} " in line, line
+        # A client that skips the balancer is served over TLS directly, as itself.
+        reader, writer = await asyncio.open_connection("127.0.0.1", gw.port, ssl=ctx,
+                                                       server_hostname="localhost")
+        writer.write(get("/orchestrator/echo/direct"))
+        answer = await read_answer(reader)
+        writer.close()
+        assert sent_headers(answer)["X-Forwarded-For"] == "127.0.0.1"
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _ready(gw) -> bool:
+    return "ready (pid" in gw.log()
