@@ -216,7 +216,8 @@ class Daemon:
         )
         # The endpoints' auth, rate limits and CORS, hung on each snapshot's routes; JWK Sets
         # are fetched through the same session (allowed_upstreams applies to them too).
-        guards = GuardPool(JwksRegistry(aiohttp_fetch(self._session)), state.store.consumers)
+        guards = GuardPool(JwksRegistry(aiohttp_fetch(self._session)), state.store.consumers,
+                           getattr(state.store, "instances", None))
         state.guards = guards
         state.registry.on_swap.append(guards.sync)
         guards.sync(state.registry.snapshot)

@@ -16,7 +16,8 @@ their endpoint.
 
 ``instances`` (the etcd store's count of live instances; None with the file store, where
 one instance is all there is) is handed to every ``scope: cluster`` limiter, which divides
-its rate by it.
+its rate by it. ``workers`` (``server.workers``; each worker process has a pool of its own)
+divides every limit once more: an instance's rate is its workers' shares together.
 """
 
 from __future__ import annotations
@@ -56,12 +57,28 @@ def _kept(built: dict[str, tuple[_S, _T]], name: str, settings: _S | None,
     return made
 
 
+class _Shares:
+    """What one limiter divides its rate by: this process's workers, times the live
+    instances for a ``scope: cluster`` limit."""
+
+    __slots__ = ("instances", "workers")
+
+    def __init__(self, workers: int, instances: Instances | None) -> None:
+        self.workers = workers
+        self.instances = instances
+
+    @property
+    def count(self) -> int:
+        return self.workers * (self.instances.count if self.instances is not None else 1)
+
+
 class GuardPool:
     def __init__(self, jwks: JwksRegistry, consumers: ConsumerDirectory | None,
-                 instances: Instances | None = None) -> None:
+                 instances: Instances | None = None, workers: int = 1) -> None:
         self.jwks = jwks
         self.consumers = consumers
         self.instances = instances
+        self.workers = workers
         self.counters = Counters()
         self._auth: dict[str, tuple[AuthSettings, Authenticator]] = {}
         self._limits: dict[str, tuple[RateLimitSettings, RateLimiter]] = {}
@@ -118,8 +135,10 @@ class GuardPool:
         return _kept(self._limits, name, settings, self._build_limiter)
 
     def _build_limiter(self, settings: RateLimitSettings) -> RateLimiter:
-        shared = self.instances if settings.scope == "cluster" else None
-        return RateLimiter(settings, instances=shared)
+        cluster = self.instances if settings.scope == "cluster" else None
+        if self.workers == 1:
+            return RateLimiter(settings, instances=cluster)
+        return RateLimiter(settings, instances=_Shares(self.workers, cluster))
 
     def _in_use(self) -> tuple[set[str], set[str]]:
         urls: set[str] = set()

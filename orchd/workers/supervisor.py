@@ -129,6 +129,7 @@ class WorkerSet:
         self._consumers_key: str | None = None
         self._sent_targets: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.replaced = 0  # workers replaced since start (a metric and a log line)
+        self._instances: int | None = None  # the live instances last sent
 
     @property
     def listeners(self) -> list[socket.socket]:
@@ -327,6 +328,9 @@ class WorkerSet:
             "admin": registry.admin,
             "targets": [self._target_row(t) for t in state.pool.all()],
         }
+        instances = getattr(state.store, "instances", None)  # the etcd store's live count
+        payload["instances"] = instances.count if instances is not None else None
+        self._instances = payload["instances"]
         consumers = state.store.consumers
         if with_consumers and consumers is not None:
             payload["consumers"] = consumers.as_json()
@@ -435,7 +439,9 @@ class WorkerSet:
                 if self._sent_targets.get(key) != self._target_row(target):
                     self._target_changed(*key)
             consumers = self.state.store.consumers
-            if consumers is not None and repr(consumers.as_json()) != self._consumers_key:
+            instances = getattr(self.state.store, "instances", None)
+            if ((consumers is not None and repr(consumers.as_json()) != self._consumers_key)
+                    or (instances is not None and instances.count != self._instances)):
                 await self.sync()
 
 

@@ -86,6 +86,14 @@ class _Replica:
 
     def __init__(self) -> None:
         self.consumers = ConsumerDirectory()
+        self.instances: _Count | None = None  # the etcd store's live instances
+
+
+class _Count:
+    """The supervisor's count of live instances (``scope: cluster`` rate limits)."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
 
     async def close(self) -> None:
         return None
@@ -146,7 +154,8 @@ class Worker:
         session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, skip_auto_headers=("User-Agent",),
             cookie_jar=aiohttp.DummyCookieJar(), trust_env=False)
-        guards = GuardPool(JwksRegistry(aiohttp_fetch(session)), store.consumers)
+        guards = GuardPool(JwksRegistry(aiohttp_fetch(session)), store.consumers,
+                           store.instances, workers=boot.worker_count())
         state.guards = guards
         self.tally.counters = guards.counters
         registry.on_swap.append(guards.sync)
@@ -229,6 +238,11 @@ class Worker:
         if config is not state.config:
             state.config = config
         state.own_addresses = payload["own_addresses"]
+        instances = payload.get("instances")
+        if instances is not None:
+            if self.store.instances is None:
+                self.store.instances = _Count(instances)
+            self.store.instances.count = instances
         consumers = payload.get("consumers")
         if consumers is not None:
             self.store.consumers.replace(ConsumerDirectory.from_json(consumers))

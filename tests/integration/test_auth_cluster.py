@@ -13,19 +13,10 @@ import time
 from typing import Any
 
 import aiohttp
-import pytest
 
 from orchd.store.etcd import INSTANCE_TTL, EtcdStore
 from tests.etcd_support import etcd_config
 from tests.support import Orchd, async_wait_until
-
-# The daemon must hand the etcd store's count to the guards (orchd/daemon.py, where it
-# builds the GuardPool: its third argument, getattr(state.store, "instances", None)).
-# Until it does, these fail at their first look at /health/status; strict, so that the
-# mark goes as soon as it does.
-NEEDS_DAEMON_HOOK = pytest.mark.xfail(
-    strict=True, raises=AssertionError,
-    reason="orchd/daemon.py does not pass the store's instances to GuardPool yet")
 
 PREFIX = "/orchd-cluster/"
 TRIES = 30  # requests in one burst: more than any bucket here holds
@@ -67,7 +58,6 @@ async def wait_instances(http: aiohttp.ClientSession, daemon: Orchd, count: int,
                            what=f"{daemon.url} to count {count} instance(s)")
 
 
-@NEEDS_DAEMON_HOOK
 async def test_two_instances_share_a_cluster_limit_and_rescale_when_one_leaves(
         etcd_factory, orchd_factory, upstream_factory, http) -> None:
     etcd = etcd_factory(1)
@@ -98,7 +88,6 @@ async def test_two_instances_share_a_cluster_limit_and_rescale_when_one_leaves(
     assert limit == "5" and 5 <= passed <= 6, (passed, limit)
 
 
-@NEEDS_DAEMON_HOOK
 async def test_a_dead_instance_leaves_when_its_lease_runs_out(
         etcd_factory, orchd_factory, upstream_factory, http) -> None:
     etcd = etcd_factory(1)

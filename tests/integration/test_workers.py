@@ -321,3 +321,28 @@ async def test_https_and_the_admin_api_through_a_worker(orchd_factory, upstream_
             assert r.status == 403, await r.text()
     log = daemon.log()
     assert re.search(r'127\.0\.0\.1 "POST /registry/endpoints" 201', log), log[-2000:]
+
+
+async def test_a_rate_limit_holds_for_the_instance_not_per_worker(orchd_factory,
+                                                                  upstream_factory):
+    """Each worker takes its share of an endpoint's rate (design section 14: one gateway):
+    a client whose requests land on both workers gets the limit once, not once a worker."""
+    up = await upstream_factory()
+    ep = endpoint("svc", up.url, rate_limit={"rate": 10, "per": 60, "burst": 10,
+                                             "key": "header:X-Tenant"})
+    daemon = orchd_factory(base_config(ep, server={"workers": WORKERS}))
+    passed: dict[str, int] = {}
+    limits = set()
+    for _ in range(60):
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with (aiohttp.ClientSession(connector=connector) as session,
+                    session.get(f"{daemon.url}/orchestrator/svc/x",
+                                headers={"X-Tenant": "acme"}) as r):
+            await r.read()
+            assert r.status in (200, 429), r.status
+            worker = worker_of(r.headers.get("X-Request-ID", ""))
+            passed[worker] = passed.get(worker, 0) + (r.status == 200)
+            limits.add(r.headers.get("RateLimit-Limit"))
+    assert len(passed) == WORKERS, passed
+    assert 10 <= sum(passed.values()) <= 12, passed  # not 20: once for the instance
+    assert limits == {"5"}, limits  # each worker's share
