@@ -117,21 +117,18 @@ class Container:
 
     def _mounted(self) -> bool:
         """The running orchd sees the host's two directories at /var/lib/orchd and
-        /run/orchd: a marker file written on the host is there through its own root
-        (/proc/PID/root). A mount point alone is not enough: the image declares both as
-        volumes, and without the bind mounts they are empty volumes of their own."""
+        /run/orchd: the same device and inode through its own root (/proc/PID/root). A
+        mount point alone is not enough: the image declares both as volumes, and without
+        the bind mounts they are empty volumes of their own. (Nothing is written: once
+        orchd made the state directory its own, 0700, root here may not write into it.)"""
         pid = self._orchd_pid()
         if pid is None:
             return False
-        marker = f".mounted-{os.getpid()}-{time.monotonic_ns()}"
         try:
             for host, inside in ((self.state, "var/lib/orchd"), (self.rundir, "run/orchd")):
-                (host / marker).write_text("")
-                try:
-                    if not Path(f"/proc/{pid}/root/{inside}/{marker}").exists():
-                        return False
-                finally:
-                    (host / marker).unlink(missing_ok=True)
+                seen, there = os.stat(host), os.stat(f"/proc/{pid}/root/{inside}")
+                if (seen.st_dev, seen.st_ino) != (there.st_dev, there.st_ino):
+                    return False
         except OSError:
             return False
         return True
