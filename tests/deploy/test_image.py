@@ -11,6 +11,7 @@ image's stop signal sent to its entrypoint process (tini).
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import shutil
@@ -215,6 +216,11 @@ class Container:
 
     def remove(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
+            # orchd runs in a session of its own below buildah: the group's kill misses it.
+            orchd = self._orchd_pid()
+            if orchd is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(orchd, signal.SIGKILL)
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         subprocess.run(["buildah", *STORAGE, "rm", self.name], capture_output=True,
