@@ -6,9 +6,9 @@ Every caller that got ``True`` from ``acquire()`` reports back exactly once with
 upstream, e.g. the client went away).
 
 In a worker process (``server.workers`` above 1) a breaker *follows* the supervisor's: its
-outcomes are told to ``reporter`` (with whether it can change the state: a failure always
-does, a success only after failures or in half_open) instead of moving the breaker, and
-``follow()`` sets what the supervisor decided.
+outcomes that can change the state are told to ``reporter`` (a failure always, a success
+only after failures or in half_open; the rest are only counted here) instead of moving
+the breaker, and ``follow()`` sets what the supervisor decided.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ HALF_OPEN = "half_open"
 FORCED_OPEN = "forced_open"
 
 Listener = Callable[["CircuitBreaker", str, str, str], None]
-Reporter = Callable[[bool, str, bool], None]  # (succeeded, reason, changes something)
+Reporter = Callable[[bool, str], None]  # (succeeded, reason)
 
 
 class CircuitBreaker:
@@ -116,7 +116,8 @@ class CircuitBreaker:
         self.last_success_time = self._wall()
         reporter = self._reporter
         if reporter is not None:
-            reporter(True, "", bool(self.failure_count) or self.state == HALF_OPEN)
+            if self.failure_count or self.state == HALF_OPEN:  # else it changes nothing
+                reporter(True, "")
             return
         if self.state == HALF_OPEN:
             self._transition(CLOSED, "trial request succeeded")
@@ -129,7 +130,7 @@ class CircuitBreaker:
         self.last_failure_time = self._wall()
         reporter = self._reporter
         if reporter is not None:
-            reporter(False, reason, True)
+            reporter(False, reason)
             return
         if self.state == HALF_OPEN:
             self.failure_count += 1
@@ -175,8 +176,8 @@ class CircuitBreaker:
                 self._listener(self, old, state, reason)
 
     def decided(self) -> tuple[str, float, int, float]:
-        """What ``follow`` takes: the state (half_open as open: each follower derives it
-        from the clock), when it opened, the failure count, when it changed."""
+        """What ``follow`` takes: the state as last set (an open one turns half_open by the
+        clock in each follower too), when it opened, the failure count, when it changed."""
         state = self._state
         return state, self._opened_at, self.failure_count, self.state_changed_time
 

@@ -367,9 +367,11 @@ class Daemon:
         front = runner.server
         assert isinstance(front, FrontServer)
 
-        def serve_relayed(sock: socket.socket, secure: bool, socket_peer: str) -> None:
+        def serve_relayed(sock: socket.socket, secure: bool, socket_peer: str,
+                          client: str) -> None:
             conn = front()
             conn.relayed(secure, socket_peer)
+            conn.told(client or None)
             self._spawn(self._adopt(loop, conn, sock), "orchd-relayed")
 
         server = state.config.server

@@ -294,12 +294,13 @@ class FrontConnection(asyncio.Protocol):
         self._trusted: Networks = ()
         self._opening = _SNIFF
         self._secure = False
-        # Relayed by a worker process (``orchd.workers``): the connection opens with the
-        # worker's PROXY header naming the client; ``_secure`` is what the worker says.
+        # Relayed by a worker process (``orchd.workers``): ``_secure`` is what the worker
+        # says, and its client comes by ``told``.
         self._relayed = False
         self._socket_peer = ""  # a relayed connection's: the client socket's peer address
-        # A trusted proxy's PROXY header, read before TLS (orchd.proxy_accept): the client
-        # it named (None: the proxy's own connection).
+        # The client named before the connection started: by a trusted proxy's PROXY header
+        # read before TLS (orchd.proxy_accept), or by the worker that relays it (None: the
+        # peer's own connection).
         self._told = False
         self._told_client: str | None = None
         self._parser = httptools.HttpRequestParser(self)
@@ -347,9 +348,7 @@ class FrontConnection(asyncio.Protocol):
         self._remote = remote = str(peer[0]) if peer else ""
         limits = self.limits
         trusted = limits.trusted_proxies
-        if self._relayed:
-            self._opening = _PROXY_HEADER
-        elif self._told:  # its PROXY header was read before TLS: requests follow
+        if self._told:  # the client is known already: requests follow
             self._opening = _OPEN
             if self._told_client is not None:
                 self._remote = remote = self._told_client
@@ -376,8 +375,9 @@ class FrontConnection(asyncio.Protocol):
         self._socket_peer = socket_peer
 
     def told(self, client: str | None) -> None:
-        """Before ``connection_made``: a trusted proxy's PROXY header, read before the TLS
-        handshake (``orchd.proxy_accept``), named ``client`` (None: LOCAL)."""
+        """Before ``connection_made``: ``client`` was named already, by a trusted proxy's
+        PROXY header read before the TLS handshake (``orchd.proxy_accept``) or by the worker
+        relaying the connection (None: the peer's own)."""
         self._told = True
         self._told_client = client
 

@@ -63,6 +63,7 @@ class ConsumerDirectory:
         self._consumers: dict[str, ConsumerRecord] = {}
         self._keys: dict[str, dict[str, KeyRecord]] = {}
         self._by_hash: dict[str, tuple[str, str]] = {}
+        self.revision = 0  # counts changes: a worker's copy is resent when it moves
 
     # -- reads
 
@@ -89,14 +90,17 @@ class ConsumerDirectory:
     # -- changes (the store's, after it has written them, or seen them written)
 
     def put_consumer(self, record: ConsumerRecord) -> None:
+        self.revision += 1
         self._consumers[record.name] = record
 
     def drop_consumer(self, name: str) -> None:
+        self.revision += 1
         self._consumers.pop(name, None)
         for key in self._keys.pop(name, {}).values():
             self._by_hash.pop(key.hash, None)
 
     def put_key(self, name: str, key: KeyRecord) -> None:
+        self.revision += 1
         keys = self._keys.setdefault(name, {})
         old = keys.get(key.key_id)
         if old is not None:
@@ -105,11 +109,13 @@ class ConsumerDirectory:
         self._by_hash[key.hash] = (name, key.key_id)
 
     def drop_key(self, name: str, key_id: str) -> None:
+        self.revision += 1
         key = self._keys.get(name, {}).pop(key_id, None)
         if key is not None:
             self._by_hash.pop(key.hash, None)
 
     def replace(self, other: ConsumerDirectory) -> None:
+        self.revision += 1
         self._consumers, self._keys, self._by_hash = (
             other._consumers, other._keys, other._by_hash)
 

@@ -5,9 +5,9 @@ health, metrics, the dashboard, /events, WebSocket upgrades, and whatever the li
 over) belongs to the supervisor, which holds the instance's state. The worker makes a socket
 pair, sends one end to the supervisor over its relay line (``SCM_RIGHTS``, one byte saying
 whether the client's connection is TLS, then its socket's peer address, which admin trust
-judges), and copies bytes between the client and the other end: first a PROXY protocol
-version 2 header naming the client, then what the client sent so far, then both ways until
-either side closes. The supervisor serves the pair's end with
+judges, and the client the worker found, e.g. from a balancer's PROXY header), and copies
+bytes between the client and the other end: what the client sent so far, then both ways
+until either side closes. The supervisor serves the pair's end with
 its own listener (``orchd.front``), so its admin trust, limits and access log see the client.
 """
 
@@ -15,36 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import socket
-import struct
 from collections.abc import Callable
 from typing import Final
 
-from orchd import proxy_protocol
 from orchd.log import server_logger
 
-__all__ = ("PLAIN", "TLS", "RelayIntake", "Relayer", "v2_header")
+__all__ = ("PLAIN", "TLS", "RelayIntake", "Relayer")
 
 TLS: Final = b"S"
 PLAIN: Final = b"P"
-
-
-def v2_header(client: str) -> bytes:
-    """A PROXY v2 header naming ``client`` (its port is not known: 0); LOCAL when
-    ``client`` is not an IP address (then the supervisor sees no client address)."""
-    try:
-        ip = ipaddress.ip_address(client)
-    except ValueError:
-        return proxy_protocol.V2_SIGNATURE + bytes((0x20, 0x00)) + struct.pack("!H", 0)
-    if ip.version == 4:
-        addresses = ip.packed + bytes(4) + struct.pack("!HH", 0, 0)
-        family = 0x11
-    else:
-        addresses = ip.packed + bytes(16) + struct.pack("!HH", 0, 0)
-        family = 0x21
-    return (proxy_protocol.V2_SIGNATURE + bytes((0x21, family))
-            + struct.pack("!H", len(addresses)) + addresses)
 
 
 class _ClientSide(asyncio.Protocol):
@@ -127,8 +107,8 @@ class Relayer:
         peer = transport.get_extra_info("peername")
         socket_peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         try:
-            socket.send_fds(self._line, [(TLS if secure else PLAIN) + socket_peer.encode()],
-                            [theirs.fileno()])
+            meta = (TLS if secure else PLAIN) + f"{socket_peer}\0{client}".encode()
+            socket.send_fds(self._line, [meta], [theirs.fileno()])
         except OSError as exc:
             server_logger.warning("cannot pass a connection to the supervisor: %s", exc)
             ours.close()
@@ -136,7 +116,7 @@ class Relayer:
             return
         finally:
             theirs.close()
-        side = _ClientSide(transport, v2_header(client) + data)
+        side = _ClientSide(transport, data)
         transport.set_protocol(side)
         if reading_paused:
             transport.resume_reading()
@@ -160,10 +140,11 @@ class Relayer:
 
 class RelayIntake:
     """The supervisor's side of one worker's relay line: each connection received is
-    given to ``serve`` (the socket, whether the client's connection is TLS, and the address
-    of its socket's peer, which admin trust judges)."""
+    given to ``serve`` (the socket, whether the client's connection is TLS, the address of
+    its socket's peer, which admin trust judges, and the client the worker found)."""
 
-    def __init__(self, line: socket.socket, serve: Callable[[socket.socket, bool, str], None],
+    def __init__(self, line: socket.socket,
+                 serve: Callable[[socket.socket, bool, str, str], None],
                  loop: asyncio.AbstractEventLoop) -> None:
         self._line = line
         self._serve = serve
@@ -183,9 +164,9 @@ class RelayIntake:
             if not message and not fds:
                 self.close()  # the worker is gone
                 return
+            socket_peer, _, client = message[1:].decode(errors="replace").partition("\0")
             for fd in fds:
-                self._serve(socket.socket(fileno=fd), message[:1] == TLS,
-                            message[1:].decode(errors="replace"))
+                self._serve(socket.socket(fileno=fd), message[:1] == TLS, socket_peer, client)
 
     def close(self) -> None:
         with contextlib.suppress(ValueError, OSError):

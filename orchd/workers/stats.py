@@ -28,14 +28,13 @@ class Tally:
         self.traffic = traffic
         self.pool = pool
         self.counters: Counters | None = None  # the auth guards', once they exist
-        self.successes: dict[TargetKey, tuple[int, float]] = {}  # not reported one by one
-        self._requests: dict[TargetKey, int] = {}  # each target's requests at the last report
+        # Successes the breakers told the supervisor one by one (its breaker counted them).
+        self.reported: dict[TargetKey, int] = {}
+        # Each target's requests and successes at the last report, and its in-flight level.
+        self._requests: dict[TargetKey, int] = {}
+        self._successes: dict[TargetKey, int] = {}
         self._in_flight: dict[TargetKey, int] = {}
         self._window_totals: dict[str, int] = {}
-
-    def success(self, key: TargetKey, at: float) -> None:
-        count, _ = self.successes.get(key, (0, 0.0))
-        self.successes[key] = (count + 1, at)
 
     def take(self) -> dict[str, Any]:
         traffic = self.traffic
@@ -45,12 +44,11 @@ class Tally:
             "errors": traffic.errors.copy(),
             "windows": {},
             "targets": {},
-            "successes": self.successes,
+            "successes": {},
         }
         traffic.requests.clear()
         traffic.latency.clear()
         traffic.errors.clear()
-        self.successes = {}
         for endpoint, window in traffic.windows.items():
             new = window.total - self._window_totals.get(endpoint, 0)
             if new <= 0:
@@ -65,6 +63,12 @@ class Tally:
             window.errors.clear()
         for target in self.pool.all():
             key = (target.endpoint, target.url)
+            breaker = target.breaker
+            successes = (breaker.total_successes - self._successes.get(key, 0)
+                         - self.reported.pop(key, 0))
+            if successes > 0 and breaker.last_success_time is not None:
+                report["successes"][key] = (successes, breaker.last_success_time)
+            self._successes[key] = breaker.total_successes
             requests = target.requests - self._requests.get(key, 0)
             if requests or target.in_flight != self._in_flight.get(key, 0):
                 report["targets"][key] = (requests, target.in_flight)
@@ -83,16 +87,14 @@ def absorb(report: dict[str, Any], traffic: Traffic | None, pool: TargetPool,
     """Add a worker's ``report`` to the instance's counters; ``levels`` is that worker's
     last ``in_flight`` per target (updated here)."""
     if traffic is not None:
-        for key, count in report["requests"].items():
-            traffic.requests[key] = traffic.requests.get(key, 0) + count
+        _add(traffic.requests, report["requests"])
         for endpoint, (counts, total) in report["latency"].items():
             hist = traffic.latency.get(endpoint)
             if hist is None:
                 hist = traffic.latency[endpoint] = Histogram()
             hist.counts = [a + b for a, b in zip(hist.counts, counts, strict=True)]
             hist.sum += total
-        for key, count in report["errors"].items():
-            traffic.errors[key] = traffic.errors.get(key, 0) + count
+        _add(traffic.errors, report["errors"])
         for endpoint, (samples, errors) in report["windows"].items():
             window = traffic.windows.get(endpoint)
             if window is None:
@@ -117,10 +119,13 @@ def absorb(report: dict[str, Any], traffic: Traffic | None, pool: TargetPool,
     auth = report.get("auth")
     if auth is not None and counters is not None:
         failures, limited = auth
-        for key, count in failures.items():
-            counters.failures[key] = counters.failures.get(key, 0) + count
-        for endpoint, count in limited.items():
-            counters.limited[endpoint] = counters.limited.get(endpoint, 0) + count
+        _add(counters.failures, failures)
+        _add(counters.limited, limited)
+
+
+def _add(into: dict[Any, int], counts: dict[Any, int]) -> None:
+    for key, count in counts.items():
+        into[key] = into.get(key, 0) + count
 
 
 def forget(pool: TargetPool, levels: dict[TargetKey, int]) -> None:

@@ -101,7 +101,6 @@ class _Worker:
         self.channel: Channel | None = None
         self.intake: RelayIntake | None = None
         self.ready: asyncio.Future[None] | None = None
-        self.acked = 0
         self.acks: dict[int, asyncio.Future[None]] = {}
         self.asks: dict[int, asyncio.Future[None]] = {}
         self.levels: dict[tuple[str, str], int] = {}  # its in_flight per target
@@ -112,7 +111,7 @@ class _Worker:
 
 class WorkerSet:
     def __init__(self, state: GatewayState, count: int, listeners: list[list[socket.socket]],
-                 serve_relayed: Callable[[socket.socket, bool, str], None],
+                 serve_relayed: Callable[[socket.socket, bool, str, str], None],
                  metrics: Metrics | None, logging_setup: tuple[Any, ...]) -> None:
         self.state = state
         self.count = count
@@ -126,7 +125,7 @@ class WorkerSet:
         self._push_scheduled = False
         self._tick_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._consumers_key: str | None = None
+        self._consumers_sent = -1  # the consumers' revision the workers have
         self._sent_targets: dict[tuple[str, str], tuple[Any, ...]] = {}
         self.replaced = 0  # workers replaced since start (a metric and a log line)
         self._instances: int | None = None  # the live instances last sent
@@ -164,7 +163,6 @@ class WorkerSet:
         process = _context.Process(target=main, args=(args,), name=f"orchd-worker-{worker.index}",
                                    daemon=False)
         worker.ready = loop.create_future()
-        worker.acked = 0
         worker.started = time.monotonic()
         try:
             await asyncio.to_thread(process.start)
@@ -213,10 +211,6 @@ class WorkerSet:
         forcing.cancel()
         for worker in self._workers:
             self._close(worker)
-
-    def close_listeners(self) -> None:
-        for sock in self.listeners:
-            sock.close()
 
     def _kill(self, worker: _Worker) -> None:
         if worker.pid:
@@ -299,7 +293,6 @@ class WorkerSet:
                 fut.set_result(None)
         elif kind == "ack":
             seq = message[1]
-            worker.acked = max(worker.acked, seq)
             for s in [s for s in worker.acks if s <= seq]:
                 fut = worker.acks.pop(s)
                 if not fut.done():
@@ -331,9 +324,8 @@ class WorkerSet:
         instances = getattr(state.store, "instances", None)  # the etcd store's live count
         payload["instances"] = instances.count if instances is not None else None
         self._instances = payload["instances"]
-        consumers = state.store.consumers
-        if with_consumers and consumers is not None:
-            payload["consumers"] = consumers.as_json()
+        if with_consumers:
+            payload["consumers"] = state.store.consumers.as_json()
         if state.tls is not None:
             payload["tls"] = (repr(state.tls.facts), state.tls.settings)
         return payload
@@ -357,10 +349,9 @@ class WorkerSet:
 
     async def sync(self) -> None:
         """Send the state to every worker and wait until each has applied it."""
-        consumers = self.state.store.consumers
-        key = repr(consumers.as_json()) if consumers is not None else None
-        payload = self._payload(key != self._consumers_key)
-        self._consumers_key = key
+        revision = self.state.store.consumers.revision
+        payload = self._payload(revision != self._consumers_sent)
+        self._consumers_sent = revision
         seq = self._next_seq()
         encoded = encode("state", seq, payload)  # once for all
         waits = [f for w in self._workers
@@ -438,9 +429,8 @@ class WorkerSet:
                 key = (target.endpoint, target.url)
                 if self._sent_targets.get(key) != self._target_row(target):
                     self._target_changed(*key)
-            consumers = self.state.store.consumers
             instances = getattr(self.state.store, "instances", None)
-            if ((consumers is not None and repr(consumers.as_json()) != self._consumers_key)
+            if (self.state.store.consumers.revision != self._consumers_sent
                     or (instances is not None and instances.count != self._instances)):
                 await self.sync()
 

@@ -27,7 +27,6 @@ import logging
 import os
 import signal
 import socket
-import time
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -123,7 +122,6 @@ class Worker:
         self._channel: Channel | None = None
         self._first_state: asyncio.Future[None] | None = None
         self._tls_key: Any = None
-        self._consumers_key: Any = None
         self._revision: Any = None
 
     async def run(self) -> None:
@@ -282,11 +280,10 @@ class Worker:
         key = (endpoint, url)
         tally = self.tally
 
-        def report(succeeded: bool, reason: str, urgent: bool) -> None:
-            if urgent:
-                self._send("outcome", endpoint, url, succeeded, reason)
-            else:
-                tally.success(key, time.time())
+        def report(succeeded: bool, reason: str) -> None:
+            self._send("outcome", endpoint, url, succeeded, reason)
+            if succeeded:  # counted by the supervisor's breaker: not again in the tally
+                tally.reported[key] = tally.reported.get(key, 0) + 1
 
         return report
 
