@@ -287,15 +287,7 @@ class Daemon:
                     "process's API are not seen by the others on the port (use "
                     "registry.store: etcd to share them)")
         await self._open_redirect(state)
-        # What it really listens on (inherited and ephemeral sockets included): an endpoint
-        # may not point there.
-        listening = [*public_runner.addresses,
-                     *(s.getsockname() for s in (self._workers.listeners if self._workers
-                                                 else ())),
-                     *(a.sock.getsockname() for a in self._accepting)]
-        state.own_addresses = tuple(dict.fromkeys((
-            (self.boot.host, self.boot.port),
-            *((str(a[0]), int(a[1])) for a in listening if isinstance(a, tuple)))))
+        state.own_addresses = self._own_addresses(public_runner)
 
         if self.boot.control_socket:
             control_runner = web.AppRunner(control, handle_signals=False,
@@ -380,8 +372,7 @@ class Daemon:
                              [server.admin_token]))
         self._workers = workers
         state.workers = workers
-        state.own_addresses = tuple(dict.fromkeys(
-            (str(a[0]), int(a[1])) for a in (s.getsockname() for s in workers.listeners)))
+        state.own_addresses = self._own_addresses(runner)  # in the workers' first state
         try:
             await workers.start()
         except Exception as exc:
@@ -392,6 +383,18 @@ class Daemon:
         server_logger.info("listening on %s://%s:%s with %d workers (pids %s)", scheme,
                            self.boot.host, port, count,
                            " ".join(map(str, workers.pids)))
+
+    def _own_addresses(self, runner: web.BaseRunner) -> tuple[tuple[str, int], ...]:
+        """What the public port really listens on (inherited and ephemeral sockets
+        included, the workers' and orchd.proxy_accept's too): an endpoint may not point
+        there."""
+        listening = [*runner.addresses,
+                     *(s.getsockname() for s in (self._workers.listeners if self._workers
+                                                 else ())),
+                     *(a.sock.getsockname() for a in self._accepting)]
+        return tuple(dict.fromkeys((
+            (self.boot.host, self.boot.port),
+            *((str(a[0]), int(a[1])) for a in listening if isinstance(a, tuple)))))
 
     @staticmethod
     async def _adopt(loop: asyncio.AbstractEventLoop, conn: asyncio.Protocol,

@@ -17,6 +17,16 @@ prop() { systemctl show -P "$2" "$1"; }
 poll() { local n=$1; shift; for _ in $(seq "$n"); do "$@" && return 0; sleep 0.1; done; "$@"; }
 healthy() { curl -fsS -o /dev/null --max-time 5 "$url/health"; }
 pid_gone() { ! kill -0 "$1" 2>/dev/null; }
+# Change the installed configuration file: $1 is a Python statement on `config`.
+edit_config() {
+  python3 - /etc/orchd/orchestrator.yaml "$1" <<'PY'
+import sys, yaml
+path, statement = sys.argv[1], sys.argv[2]
+config = yaml.safe_load(open(path))
+exec(statement)
+open(path, "w").write(yaml.safe_dump(config, sort_keys=False))
+PY
+}
 
 # The upstream of the example configuration's endpoint httpbin (127.0.0.1:9001): the load
 # below is proxied requests, what must never fail. (/health is not: it answers 503 while
@@ -68,13 +78,7 @@ check orchctl-status test -s "$out/orchctl-status.txt"
 # ------------------------------------------------------------------ reload (SIGHUP)
 systemd-analyze log-level debug
 cp /etc/orchd/orchestrator.yaml /tmp/orchestrator.yaml.orig
-python3 - /etc/orchd/orchestrator.yaml <<'PY'
-import sys, yaml
-path = sys.argv[1]
-config = yaml.safe_load(open(path))
-config["endpoints"].append({"name": "deploy_check", "url": "http://127.0.0.1:9/deploy"})
-open(path, "w").write(yaml.safe_dump(config, sort_keys=False))
-PY
+edit_config 'config["endpoints"].append({"name": "deploy_check", "url": "http://127.0.0.1:9/deploy"})'
 since=$(date '+%Y-%m-%d %H:%M:%S')
 mainpid=$(prop orchd MainPID)
 check reload-command timeout 30 systemctl reload orchd
@@ -156,13 +160,7 @@ cgroup_procs() { cat "/sys/fs/cgroup$(prop orchd ControlGroup)/cgroup.procs" 2>/
 worker_pids() { journalctl -u orchd --since "$1" -o cat \
   | sed -n 's/.*with 2 workers (pids \([0-9 ]*\)).*/\1/p' | tail -1; }
 cp /etc/orchd/orchestrator.yaml /tmp/orchestrator.yaml.orig
-python3 - /etc/orchd/orchestrator.yaml <<'PY'
-import sys, yaml
-path = sys.argv[1]
-config = yaml.safe_load(open(path))
-config.setdefault("server", {})["workers"] = 2
-open(path, "w").write(yaml.safe_dump(config, sort_keys=False))
-PY
+edit_config 'config.setdefault("server", {})["workers"] = 2'
 since=$(date '+%Y-%m-%d %H:%M:%S')
 check workers-start timeout 60 systemctl start orchd
 check workers-healthy poll 50 healthy
