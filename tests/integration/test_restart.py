@@ -92,17 +92,11 @@ class Load:
                 self.failed.append(repr(exc))
 
 
-async def test_orchctl_restart_under_load(orchd_factory, upstream_factory, http, successors):
-    up = await upstream_factory()
-    daemon = orchd_factory(base_config({"name": "svc", "url": up.url}))
-    async with http.post(f"{daemon.url}/registry/endpoints",
-                         json={"config": {"name": "durable", "url": up.url}}) as r:
-        assert r.status == 201
-    _, info = await control(daemon, "GET", "/control/info")
-    old_pid = info["pid"]
-    assert old_pid == daemon.proc.pid
-
-    load = Load(f"{daemon.url}/orchestrator/svc/ping")
+async def restart_under_load(daemon: Any, load: Load, successors: list[int]) -> int:
+    """``orchctl restart`` while ``load`` runs: the old process drains and exits 0 while the
+    loop goes on, and the new one serves 200 more requests; the new pid (also appended to
+    ``successors``, which are not ours to reap)."""
+    old_pid = daemon.proc.pid
     runner = asyncio.create_task(load.run())
     try:
         async def warmed() -> bool:
@@ -112,11 +106,10 @@ async def test_orchctl_restart_under_load(orchd_factory, upstream_factory, http,
         code, out, err = await orchctl(daemon, "--json", "restart")
         assert code == 0, (out, err, daemon.log()[-3000:])
         answer = json.loads(out)
-        new_pid = answer["pid"]
+        new_pid: int = answer["pid"]
         successors.append(new_pid)
         assert new_pid != old_pid and answer["old_pid"] == old_pid
 
-        # The old process drains and exits 0 while the loop goes on.
         async def old_gone() -> bool:
             return daemon.proc.poll() is not None
         await async_wait_until(old_gone, 30, what="the old orchd to exit")
@@ -129,6 +122,21 @@ async def test_orchctl_restart_under_load(orchd_factory, upstream_factory, http,
     finally:
         load.stop.set()
         await runner
+    return new_pid
+
+
+async def test_orchctl_restart_under_load(orchd_factory, upstream_factory, http, successors):
+    up = await upstream_factory()
+    daemon = orchd_factory(base_config({"name": "svc", "url": up.url}))
+    async with http.post(f"{daemon.url}/registry/endpoints",
+                         json={"config": {"name": "durable", "url": up.url}}) as r:
+        assert r.status == 201
+    _, info = await control(daemon, "GET", "/control/info")
+    old_pid = info["pid"]
+    assert old_pid == daemon.proc.pid
+
+    load = Load(f"{daemon.url}/orchestrator/svc/ping")
+    new_pid = await restart_under_load(daemon, load, successors)
 
     assert load.refused == 0, f"{load.refused} connections refused"
     assert load.failed == [], load.failed[:10]

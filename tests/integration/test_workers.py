@@ -19,9 +19,9 @@ from typing import Any
 
 import aiohttp
 
-from tests.integration.lifecycle import control, wait_exit
+from tests.integration.lifecycle import control
 from tests.integration.rawhttp import connect, endpoint, read_answer
-from tests.integration.test_restart import Load, alive, orchctl
+from tests.integration.test_restart import Load, alive, orchctl, restart_under_load
 from tests.support import async_wait_until, base_config, free_port, wait_until
 from tests.tls_support import CA, write_pair
 
@@ -249,24 +249,7 @@ async def _restart_then_stop(daemon: Any, old_workers: list[int], release: async
                              successor: list[int]) -> None:
     # orchctl restart under load: none fails; the new supervisor has workers of its own.
     load = Load(f"{daemon.url}/orchestrator/svc/ping", concurrency=8, cap=20000, seconds=90)
-    runner = asyncio.create_task(load.run())
-    try:
-        async def warmed() -> bool:
-            return load.ok >= 200
-        await async_wait_until(warmed, 30, what="the load to be running")
-        code, out, err = await orchctl(daemon, "--json", "restart")
-        assert code == 0, (out, err, daemon.log()[-3000:])
-        new_pid = json.loads(out)["pid"]
-        successor.append(new_pid)
-        assert await wait_exit(daemon, 40) == 0, daemon.log()[-3000:]
-        after = load.ok
-
-        async def served_by_new() -> bool:
-            return load.ok >= after + 200
-        await async_wait_until(served_by_new, 30, what="requests served by the new orchd")
-    finally:
-        load.stop.set()
-        await runner
+    new_pid = await restart_under_load(daemon, load, successor)
     assert load.failed == [] and load.refused == 0, (load.failed[:5], load.refused)
     wait_until(lambda: not any(alive(p) for p in old_workers), 15,
                what="the old workers to exit")
