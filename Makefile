@@ -10,7 +10,8 @@ DESTDIR ?=
 
 # The request path is compiled with mypyc (setup.py): a change to it reinstalls.
 COMPILED := $(addprefix orchd/,front.py http1.py edge_rules.py proxy.py upstream.py traffic.py \
-              log.py router.py balancer.py breaker.py target.py inflight.py)
+              log.py router.py balancer.py breaker.py target.py inflight.py \
+              auth/guard.py auth/gateway.py auth/jwt.py auth/ratelimit.py auth/cors.py)
 
 $(STAMP): pyproject.toml setup.py $(COMPILED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

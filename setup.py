@@ -15,7 +15,9 @@ from setuptools import setup
 
 COMPILED = ["orchd/front.py", "orchd/http1.py", "orchd/edge_rules.py", "orchd/proxy.py",
             "orchd/upstream.py", "orchd/traffic.py", "orchd/log.py", "orchd/router.py",
-            "orchd/balancer.py", "orchd/breaker.py", "orchd/target.py", "orchd/inflight.py"]
+            "orchd/balancer.py", "orchd/breaker.py", "orchd/target.py", "orchd/inflight.py",
+            "orchd/auth/guard.py", "orchd/auth/gateway.py", "orchd/auth/jwt.py",
+            "orchd/auth/ratelimit.py", "orchd/auth/cors.py"]
 
 
 def _extensions() -> list:

@@ -416,8 +416,9 @@ class Proxy:
             guard.limit(passage, client, headers, None)
         max_body = self._admit(request, route, guard.authenticator is None)
         if guard.authenticator is not None:
-            await guard.authenticate(passage, client, headers,
-                                     request.query if guard.reads_query else None)
+            query = request.query if guard.reads_query else None
+            if not guard.known(passage, headers, query):  # a cached token, a known key
+                await guard.authenticate(passage, client, headers, query)
         if guard.limit_after_auth:
             guard.limit(passage, client, headers, passage.identity)
         return max_body
@@ -448,11 +449,11 @@ class Proxy:
                            extra={"reason": "no_available_target"})
 
     def _upstream_headers(self, request: ProxiedRequest, rid: str,
-                          drop: frozenset[str] | set[str],
+                          drop: frozenset[str],
                           forwarding: Forwarding | None = None) -> list[tuple[str, str]]:
         src = request.headers
         if forwarding is not None:  # client-sent copies of what the gateway sets go
-            drop = drop | forwarding.drop
+            drop = forwarding.dropping(drop)
         conn = src.get(hdrs.CONNECTION)
         dropset = drop if not conn else _drop_set(src, drop)
         out = [(k, v) for k, v in src.items() if k.lower() not in dropset]

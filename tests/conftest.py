@@ -16,7 +16,7 @@ def _stale_extensions() -> list[str]:
     """Modules whose compiled extension (setup.py) is older than their source: Python would
     import the extension, so the tests would run yesterday's code."""
     stale = []
-    for ext in (_ROOT / "orchd").glob("*.so"):
+    for ext in (_ROOT / "orchd").rglob("*.so"):
         py = ext.with_name(ext.name.split(".")[0] + ".py")
         if py.exists() and ext.stat().st_mtime < py.stat().st_mtime:
             stale.append(str(py.relative_to(_ROOT)))

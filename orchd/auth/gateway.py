@@ -7,6 +7,12 @@ that carries neither passes as consumer ``anonymous`` (one that carries a bad cr
 is still refused). ``forwarding(identity)`` names the header fields to remove from the
 request (client-sent copies of what the gateway sets, and the credential with
 ``hide_credentials``), the ones to add, and the query parameter to remove.
+
+``known(headers, query)`` is the same decision for a credential already accepted (a token
+in the validator's cache, unexpired under the current keys; an API key of a consumer), made
+without waiting and without building anything: the identity and forwarding are kept per
+token and per consumer (``MEMO_SIZE`` of each at most). It answers None for everything
+else, and ``authenticate`` decides.
 """
 
 from __future__ import annotations
@@ -17,17 +23,18 @@ from typing import Any, NoReturn
 
 from orchd.auth import HeaderLookup
 from orchd.auth.jwks import JwksRegistry, KeySource
-from orchd.auth.jwt import JwtValidator, TokenError, claim_headers
+from orchd.auth.jwt import CACHE_SIZE, JwtValidator, TokenError, Verified, claim_headers
 from orchd.errors import ProblemError
 from orchd.model import AuthSettings
 from orchd.store.consumers import ConsumerDirectory
 
-__all__ = ("ANONYMOUS", "CONSUMER_HEADER", "AuthFailure", "Authenticator", "Forwarding",
-           "Identity", "build_authenticator")
+__all__ = ("ANONYMOUS", "CONSUMER_HEADER", "MEMO_SIZE", "AuthFailure", "Authenticator",
+           "Forwarding", "Identity", "build_authenticator")
 
 ANONYMOUS = "anonymous"
 CONSUMER_HEADER = "X-Consumer-Name"
 _API_KEY_CHALLENGE = 'ApiKey realm="orchd"'
+MEMO_SIZE = CACHE_SIZE  # identities kept per authenticator, for tokens and for consumers
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,17 +49,28 @@ class Forwarding:
     drop: frozenset[str]  # header names, lower case
     add: dict[str, str]
     drop_query: str | None = None
+    # ``drop`` joined with the proxy's own sets of names to drop, as it asks for them
+    _joined: dict[frozenset[str], frozenset[str]] = field(
+        default_factory=dict, compare=False, repr=False)
+
+    def dropping(self, base: frozenset[str]) -> frozenset[str]:
+        """``base`` and ``drop``: the names a forwarded request goes without."""
+        joined = self._joined.get(base)
+        if joined is None:
+            joined = self._joined[base] = base | self.drop
+        return joined
 
 
-@dataclass(frozen=True, slots=True)
 class AuthFailure(Exception):
-    status: int
-    reason: str  # for orchd_auth_failures_total{reason}
-    description: str
-    challenges: tuple[str, ...]
+    """A refused credential: 401 with its challenges, or 403 (a missing scope)."""
 
-    def __post_init__(self) -> None:
-        Exception.__init__(self, self.description)
+    def __init__(self, status: int, reason: str, description: str,
+                 challenges: tuple[str, ...]) -> None:
+        super().__init__(description)
+        self.status = status
+        self.reason = reason  # for orchd_auth_failures_total{reason}
+        self.description = description
+        self.challenges = challenges
 
     def problem(self) -> ProblemError:
         title = "Forbidden" if self.status == 403 else "Unauthorized"
@@ -76,6 +94,9 @@ class Authenticator:
         if key is not None:
             challenges.append(_API_KEY_CHALLENGE)
         self._challenges = tuple(challenges)
+        # token -> (what the validator verified, its identity, its forwarding)
+        self._by_token: dict[str, tuple[Verified, Identity, Forwarding]] = {}
+        self._by_consumer: dict[str, tuple[Identity, Forwarding]] = {}
 
     def _failure(self, reason: str, description: str, status: int = 401,
                  bearer: str | None = None) -> AuthFailure:
@@ -109,6 +130,40 @@ class Authenticator:
         assert refused is not None
         raise self._failure(refused.reason, refused.description, refused.status,
                             refused.www_authenticate)
+
+    def known(self, headers: HeaderLookup,
+              query: Mapping[str, str] | None = None) -> tuple[Identity, Forwarding] | None:
+        """What ``authenticate`` and ``forwarding`` would answer, for a credential already
+        accepted (see the module); None when ``authenticate`` has to decide."""
+        jwt = self.jwt
+        if jwt is not None:
+            token = self._bearer(headers)
+            if token is not None:  # a bearer token decides first, as in authenticate
+                verified = jwt.cached(token)
+                if verified is None:
+                    return None
+                memo = self._by_token.get(token)
+                if memo is None or memo[0] is not verified:
+                    identity = Identity("jwt", None, verified.claims)
+                    memo = (verified, identity, self.forwarding(identity))
+                    if len(self._by_token) >= MEMO_SIZE:
+                        self._by_token.clear()
+                    self._by_token[token] = memo
+                return memo[1], memo[2]
+        if self.consumers is None:
+            return None
+        key = self._api_key(headers, query)
+        consumer = self.consumers.lookup(key) if key is not None else None
+        if consumer is None:
+            return None
+        known = self._by_consumer.get(consumer)
+        if known is None:
+            identity = Identity("api_key", consumer)
+            known = (identity, self.forwarding(identity))
+            if len(self._by_consumer) >= MEMO_SIZE:
+                self._by_consumer.clear()
+            self._by_consumer[consumer] = known
+        return known
 
     def _missing(self) -> NoReturn:
         wanted = []

@@ -139,6 +139,19 @@ class Guard:
 
     # -- credential
 
+    def known(self, passage: Passage, headers: HeaderLookup,
+              query: Mapping[str, str] | None) -> bool:
+        """True, with ``passage`` told the identity and the forwarding, for a credential
+        already accepted (``Authenticator.known``): no wait, nothing counted. False when
+        ``authenticate`` has to decide."""
+        authenticator = self.authenticator
+        assert authenticator is not None
+        found = authenticator.known(headers, query)
+        if found is None:
+            return False
+        passage.identity, passage.forwarding = found
+        return True
+
     async def authenticate(self, passage: Passage, client_ip: str, headers: HeaderLookup,
                            query: Mapping[str, str] | None) -> None:
         """Check the credential (only with ``auth``): ``passage`` learns the identity and

@@ -36,7 +36,7 @@ import re
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import jwt as pyjwt
@@ -66,17 +66,16 @@ class Verified:
         return sub if isinstance(sub, str) else None
 
 
-@dataclass(frozen=True, slots=True)
 class TokenError(Exception):
     """Why a token is refused: 401 ``invalid_token``, or 403 ``insufficient_scope``."""
 
-    reason: str
-    description: str
-    status: int = 401
-    scopes: tuple[str, ...] = field(default=())
-
-    def __post_init__(self) -> None:
-        Exception.__init__(self, self.description)
+    def __init__(self, reason: str, description: str, status: int = 401,
+                 scopes: tuple[str, ...] = ()) -> None:
+        super().__init__(description)
+        self.reason = reason
+        self.description = description
+        self.status = status
+        self.scopes = scopes
 
     @property
     def error(self) -> str:
