@@ -42,7 +42,6 @@ from urllib.parse import parse_qsl, unquote
 import httptools
 from aiohttp import web
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
-from aiohttp.tcp_helpers import tcp_nodelay
 from multidict import MultiDict, MultiDictProxy
 
 from orchd import aiohttp_edge as private
@@ -342,8 +341,8 @@ class FrontConnection(asyncio.Protocol):
     # -- asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (TCP_NODELAY is set already: uvloop's and asyncio's TCP transports set it.)
         self.transport = self.reply.transport = tr = cast(asyncio.Transport, transport)
-        tcp_nodelay(tr, True)
         peer = tr.get_extra_info("peername")
         self._remote = remote = str(peer[0]) if peer else ""
         limits = self.limits

@@ -1,5 +1,6 @@
-"""Name resolution for the aiohttp clients orchd keeps beside its own upstream pool (WebSocket
-upgrades, health probes), with ``server.allowed_upstreams``' connect-time check.
+"""Name resolution for the aiohttp client orchd keeps beside its own upstream pools (WebSocket
+upgrades; health probes have a pool of their own, see orchd/health.py), with
+``server.allowed_upstreams``' connect-time check.
 
 A host name passes the registration check as written; where it leads is checked when orchd
 connects (``UpstreamPolicy.check_address``). The upstream pool does that itself; for

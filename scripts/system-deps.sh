@@ -28,6 +28,8 @@ bench_pkgs=(
   "wrk:wrk"
   "nginx:nginx-light"
   "caddy:caddy"
+  # the two-core table's HAProxy rows
+  "haproxy:haproxy"
   "taskset:util-linux"
   # bench/syscalls.py: system calls per request
   "strace:strace"

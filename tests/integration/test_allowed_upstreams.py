@@ -167,7 +167,8 @@ async def test_a_name_that_resolves_to_a_denied_address_is_refused_at_connect(
         assert r.status == 502
         assert (await r.json())["reason"] == "upstream_refused"  # the rule is in the log only
     wait_until(lambda: "denied by the rule '!127.0.0.1'" in gw.log(), 5)
-    # WebSocket upgrades and health probes go through aiohttp's client: the same check.
+    # WebSocket upgrades (aiohttp's client, through orchd.resolver) and health probes (their
+    # own upstream pool): the same check.
     upgrade = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
                "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
     log_before = len(gw.log())
