@@ -150,6 +150,15 @@ async def test_http_1_0_framing_and_keep_alive(orchd_factory, upstream_factory):
     first, second = await _on_one_connection(gw.port, keep, keep)
     assert (first.status, second.status) == (200, 200)
     assert _headers(first.head)[b"connection"].lower() == b"keep-alive"
+    # The version is the request line's, whatever a header value ends with.
+    reader, writer = await connect(gw.port)
+    try:
+        writer.write(b"GET /orchestrator/echo/a HTTP/1.0\r\nX-Note: HTTP/1.1\r\nHost: gw\r\n\r\n")
+        answer = await read_answer(reader)
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+    finally:
+        writer.close()
+    assert answer.head.startswith(b"HTTP/1.0 200"), answer.head
 
 
 async def test_head_and_streamed_answers(orchd_factory, upstream_factory):
