@@ -15,7 +15,7 @@ import re
 
 from aiohttp import web
 
-from tests.integration.rawhttp import connect, endpoint, read_answer
+from tests.integration.rawhttp import RawAnswer, connect, endpoint, read_answer
 from tests.support import base_config, free_port
 
 _VARYING = {b"date", b"x-request-id", b"x-response-time", b"content-length"}
@@ -137,28 +137,30 @@ async def test_a_body_split_across_many_writes_arrives_whole(orchd_factory, upst
 async def test_http_1_0_framing_and_keep_alive(orchd_factory, upstream_factory):
     up = await upstream_factory()
     gw = orchd_factory(base_config(endpoint("echo", up.url)))
-    reader, writer = await connect(gw.port)
-    try:
-        writer.write(b"GET /orchestrator/echo/a HTTP/1.0\r\nHost: gw\r\n\r\n")
-        answer = await read_answer(reader)
-        # HTTP/1.0 without keep-alive: one request per connection, closed after it.
-        assert await asyncio.wait_for(reader.read(), 10) == b""
-    finally:
-        writer.close()
+    # HTTP/1.0 without keep-alive: one request per connection, closed after it.
+    answer = await _answer_then_close(gw.port, b"GET /orchestrator/echo/a HTTP/1.0\r\n"
+                                               b"Host: gw\r\n\r\n")
     assert answer.head.startswith(b"HTTP/1.0 200"), answer.head
     keep = b"GET /orchestrator/echo/a HTTP/1.0\r\nHost: gw\r\nConnection: keep-alive\r\n\r\n"
     first, second = await _on_one_connection(gw.port, keep, keep)
     assert (first.status, second.status) == (200, 200)
     assert _headers(first.head)[b"connection"].lower() == b"keep-alive"
     # The version is the request line's, whatever a header value ends with.
-    reader, writer = await connect(gw.port)
+    answer = await _answer_then_close(gw.port, b"GET /orchestrator/echo/a HTTP/1.0\r\n"
+                                               b"X-Note: HTTP/1.1\r\nHost: gw\r\n\r\n")
+    assert answer.head.startswith(b"HTTP/1.0 200"), answer.head
+
+
+async def _answer_then_close(port: int, raw: bytes) -> RawAnswer:
+    """The answer to ``raw``, sent alone on a new connection, which must close after it."""
+    reader, writer = await connect(port)
     try:
-        writer.write(b"GET /orchestrator/echo/a HTTP/1.0\r\nX-Note: HTTP/1.1\r\nHost: gw\r\n\r\n")
+        writer.write(raw)
         answer = await read_answer(reader)
         assert await asyncio.wait_for(reader.read(), 10) == b""
     finally:
         writer.close()
-    assert answer.head.startswith(b"HTTP/1.0 200"), answer.head
+    return answer
 
 
 async def test_head_and_streamed_answers(orchd_factory, upstream_factory):
