@@ -435,7 +435,8 @@ In process, on CPU {PROXY_CPU}, best of {REPEAT} runs:
   checked, the answer cached): {miss:.1f} µs, of which jwt.decode {decode:.1f} µs, of which
   the RSA signature check {rsa_us:.1f} µs; cache hit: {hit:.2f} µs
 * credential check per request (Guard.passage + Guard.known: a credential already
-  accepted, its identity and forwarding kept): {jwt_check:.2f} µs for a cached JWT, {key_check:.2f} µs for an API key
+  accepted, its identity and forwarding kept): {jwt_check:.2f} µs for a cached JWT,
+  {key_check:.2f} µs for an API key
 * rate limiter per request (Guard.passage + Guard.limit: the key, the token, the
   RateLimit-* fields): {one:.2f} µs with one client, {spread:.2f} µs with clients spread
   over a full table (the least recently used evicted); RateLimiter.take alone: {take:.2f} µs
