@@ -146,9 +146,7 @@ class Authenticator:
                 if memo is None or memo[0] is not verified:
                     identity = Identity("jwt", None, verified.claims)
                     memo = (verified, identity, self.forwarding(identity))
-                    if len(self._by_token) >= MEMO_SIZE:
-                        self._by_token.clear()
-                    self._by_token[token] = memo
+                    _keep(self._by_token, token, memo)
                 return memo[1], memo[2]
         if self.consumers is None:
             return None
@@ -160,9 +158,7 @@ class Authenticator:
         if known is None:
             identity = Identity("api_key", consumer)
             known = (identity, self.forwarding(identity))
-            if len(self._by_consumer) >= MEMO_SIZE:
-                self._by_consumer.clear()
-            self._by_consumer[consumer] = known
+            _keep(self._by_consumer, consumer, known)
         return known
 
     def _missing(self) -> NoReturn:
@@ -206,6 +202,13 @@ class Authenticator:
                 drop.add(self._key_header.lower())
                 drop_query = self._key_query
         return Forwarding(frozenset(drop), add, drop_query)
+
+
+def _keep(memo: dict[str, Any], key: str, value: Any) -> None:
+    """``memo[key] = value``, the memo emptied first when it holds ``MEMO_SIZE``."""
+    if len(memo) >= MEMO_SIZE:
+        memo.clear()
+    memo[key] = value
 
 
 def build_authenticator(settings: AuthSettings, jwks: JwksRegistry,
