@@ -23,9 +23,10 @@ RUN headers=$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["include
  && apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev $dev \
  && rm -rf /var/lib/apt/lists/*
-RUN python3 -m venv /opt/orchd \
- && /opt/orchd/bin/pip install --no-cache-dir --upgrade pip 'setuptools>=77' wheel
-ENV PATH=/opt/orchd/bin:$PATH
+# The build's own environment (/opt/build: mypyc, the lint tools); the image gets /opt/orchd.
+RUN python3 -m venv /opt/build \
+ && /opt/build/bin/pip install --no-cache-dir --upgrade pip 'setuptools>=77' wheel
+ENV PATH=/opt/build/bin:$PATH
 WORKDIR /src
 # The dependencies first, from pyproject.toml alone, so that this layer is reused while
 # only orchd's code changes; mypyc type-checks the request path against them (setup.py).
@@ -44,6 +45,13 @@ RUN pip wheel --no-cache-dir --no-build-isolation --no-deps --wheel-dir /wheels/
 names = zipfile.ZipFile(glob.glob("/wheels/orchd/*.whl")[0]).namelist(); \
 print("the request path is compiled" if any(n.endswith(".so") for n in names) else \
       "WARNING: the request path is not compiled (pip wheel -v . shows why)")'
+# Only orchd's runtime dependencies (the wheels of requirements.txt less the lint tools),
+# in the environment the image runs. The image copies it: a COPY --from is rebuilt whenever
+# what it copies changes, where a RUN with the build stage bind-mounted could be taken from
+# the layer cache with an older wheel in it.
+RUN python3 -m venv /opt/orchd \
+ && /opt/orchd/bin/pip install --no-cache-dir --no-compile --no-index --find-links /wheels \
+        /wheels/orchd/*.whl
 
 FROM ${BASE}
 ARG ORCHD_UID=10001
@@ -57,11 +65,7 @@ RUN groupadd --system --gid "${ORCHD_UID}" orchd \
         --no-create-home --shell /usr/sbin/nologin orchd \
  && install -d -o orchd -g orchd -m 0750 /var/lib/orchd /run/orchd \
  && install -d -m 0755 /etc/orchd
-# Only orchd's runtime dependencies (the wheels of requirements.txt less the lint tools).
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    python3 -m venv /opt/orchd \
- && /opt/orchd/bin/pip install --no-cache-dir --no-compile --no-index --find-links /wheels \
-        /wheels/orchd/*.whl
+COPY --from=build /opt/orchd /opt/orchd
 COPY etc/orchestrator.yaml /etc/orchd/orchestrator.yaml
 
 ENV PATH=/opt/orchd/bin:$PATH \

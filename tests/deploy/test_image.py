@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -303,3 +304,20 @@ def test_the_request_path_is_compiled_in_the_image(containers) -> None:
                    *modules).stdout.split()
     assert len(files) == len(modules)
     assert all(f.startswith("/opt/orchd/") and f.endswith(".so") for f in files), files
+
+
+def test_the_image_runs_the_checkouts_code(containers) -> None:
+    """Every orchd and orchctl module in the image is the checkout's: a build cache that
+    hands back an older wheel is caught here, not by a user."""
+    sources = sorted(p.relative_to(ROOT).as_posix() for package in ("orchd", "orchctl")
+                     for p in (ROOT / package).rglob("*.py"))
+    expected = [hashlib.sha256((ROOT / s).read_bytes()).hexdigest() for s in sources]
+    site = "/opt/orchd/lib/python3.11/site-packages"
+    c = containers()
+    found = c.exec("python", "-c", "import hashlib, pathlib, sys\n"
+                   "for s in sys.argv[2:]:\n"
+                   "    p = pathlib.Path(sys.argv[1], s)\n"
+                   "    print(hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else '-')",
+                   site, *sources).stdout.split()
+    stale = [s for s, want, got in zip(sources, expected, found, strict=True) if want != got]
+    assert not stale, f"the image's copies differ from the checkout: {stale}"
