@@ -19,7 +19,7 @@ once, so that a fix cannot land on one listener and miss the other. What an edge
 * ``server.max_url_length`` (414), ``server.max_header_size`` and ``server.max_header_count``
   (431), as nginx and Envoy answer them; other parse errors stay 400 (``*_refusal``);
 * requests neither listener honours (``orchd.http1.request_refusal``, ``message_refusal``):
-  HTTP/0.9 (400), a major version other than 1 (505), a fragment in the request target
+  HTTP/0.9 or another major version than 1 (505), a fragment in the request target
   (400), a transfer coding before ``chunked`` (501, RFC 9112 section 6.1), a target not in
   origin form or a malformed ``Host`` (400);
 * a refusal is a problem document, then a lingering close (``refuse``).

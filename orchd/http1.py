@@ -52,8 +52,8 @@ def request_refusal(target: str, version: tuple[int, int] | None,
                     coding: str | None = None) -> Refusal | None:
     """Why a request must be refused although it parses, if it must: ``version`` is None
     for a request line without one (HTTP/0.9), ``coding`` its ``Transfer-Encoding``."""
-    if version is None or version == (0, 9):
-        return 400, "HTTP/0.9 requests are not supported; send HTTP/1.1"
+    if version is None or version == (0, 9):  # a major version other than 1, as 2.0 is
+        return 505, "HTTP/0.9 requests are not supported; send HTTP/1.1"
     if version[0] != 1:
         return 505, (f"HTTP/{version[0]}.{version[1]} is not supported on this port; "
                      "send HTTP/1.1")

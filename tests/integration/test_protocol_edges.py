@@ -2,7 +2,7 @@
 
 A proxied path is served by orchd's own listener (orchd/front.py) and an admin path by
 aiohttp's (orchd/aiohttp_server.py); a request either of them cannot honour gets the same problem
-document from both: HTTP/0.9 is 400, a major version other than 1 is 505, a fragment in the
+document from both: HTTP/0.9 and a major version other than 1 are 505, a fragment in the
 request target is 400, and a transfer coding other than ``chunked`` alone is 501 (RFC 9112
 section 6.1), the connection closing after it. Nothing of such a request reaches the upstream.
 """
@@ -28,8 +28,9 @@ from tests.support import Orchd, base_config
 PATHS = {"proxied": "/orchestrator/up/x", "admin": "/registry/endpoints"}
 
 CASES: dict[str, tuple[str, int]] = {
-    "http09": ("GET {path}\r\n\r\n", 400),
-    "http09_one_line": ("GET {path}\r\n", 400),  # as HTTP/0.9 clients send it
+    "http09": ("GET {path}\r\n\r\n", 505),
+    "http09_one_line": ("GET {path}\r\n", 505),  # as HTTP/0.9 clients send it
+    "http09_versioned": ("GET {path} HTTP/0.9\r\nHost: gw\r\n\r\n", 505),
     "http20_line_only": ("GET {path} HTTP/2.0\r\n", 505),
     "http20": ("GET {path} HTTP/2.0\r\nHost: gw\r\n\r\n", 505),
     "http30": ("GET {path} HTTP/3.0\r\nHost: gw\r\n\r\n", 505),

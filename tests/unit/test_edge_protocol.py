@@ -318,7 +318,7 @@ async def test_an_idle_keep_alive_connection_is_evictable(server: FrontServer) -
     ("GET {path} HTTP/2.0\r\nHost: gw\r\n\r\n", 505),
     ("GET {path}#frag HTTP/1.1\r\nHost: gw\r\n\r\n", 400),
     ("GET {path} HTTP/1.1\r\nHost: a@b\r\n\r\n", 400),
-    ("GET {path}\r\n\r\n", 400),
+    ("GET {path}\r\n\r\n", 505),
 ], ids=["url", "url_partial", "header_size", "header_count", "version", "fragment",
         "host", "http09"])
 async def test_size_and_syntax_rules(server: FrontServer, path: str, data: str,

@@ -48,7 +48,7 @@ def test_host_ok(value: str, ok: bool) -> None:
 
 
 @pytest.mark.parametrize(("line", "status"), [
-    (b"GET /x", 400), (b"GET /x HTTP/0.9", 400), (b"GET /x HTTP/2.0", 505),
+    (b"GET /x", 505), (b"GET /x HTTP/0.9", 505), (b"GET /x HTTP/2.0", 505),
     (b"GET /x#f HTTP/1.1", 400), (b"GET /x HTTP/1.1", None), (b"GET /x HTTP/x", None),
     (b"GET", None),
 ])
