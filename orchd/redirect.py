@@ -3,7 +3,7 @@ same host and path on the https port.
 
 308 (not 301) keeps the method and body of a POST that followed it. The host is the one the
 client asked for (``Host``), its port replaced by the public port; a request without a
-usable ``Host`` gets 400 (orchd never redirects to a name it made up).
+usable ``Host`` gets a 400 problem document (orchd never redirects to a name it made up).
 
 The listener keeps the public port's edge rules (``orchd.edge_rules``, through
 ``orchd.aiohttp_server.GuardedRunner``): the header deadline, the size limits (414, 431),
@@ -18,6 +18,8 @@ from aiohttp import web
 
 from orchd.aiohttp_server import GuardedRunner
 from orchd.edge_rules import SettingsFn
+from orchd.errors import ProblemError
+from orchd.problems import problem_response
 
 __all__ = ("https_location", "redirect_app", "redirect_runner")
 
@@ -44,8 +46,8 @@ def redirect_app(https_port: int) -> web.Application:
         location = https_location(request.headers.get("Host", ""), request.raw_path,
                                   https_port)
         if location is None:
-            return web.Response(status=400, text="a Host header is needed to redirect to "
-                                                 "https\n")
+            detail = "a Host header naming this gateway is needed to redirect to https"
+            return problem_response(ProblemError(400, "Bad Request", detail), request)
         return web.Response(status=308, headers={"Location": location},
                             text=f"see {location}\n")
 

@@ -96,6 +96,17 @@ async def test_an_oversized_head_gets_431_and_a_fitting_one_its_redirect(
     assert f"https://localhost:{daemon.port}/fits?a=1".encode() in answer.head
 
 
+async def test_a_request_without_a_host_gets_a_400_problem_document(
+        redirecting: Callable[..., tuple[TlsOrchd, int]]) -> None:
+    _, port = redirecting()
+    answer = await exchange(port, b"GET /x HTTP/1.0\r\n\r\n")
+    assert answer.status == 400, answer.head
+    assert b"application/problem+json" in answer.head.lower(), answer.head
+    document = json.loads(answer.body)
+    assert document["status"] == 400 and "Host" in document["detail"], document
+    assert b"location" not in answer.head.lower()
+
+
 async def test_max_connections_holds_on_the_redirect_port(
         redirecting: Callable[..., tuple[TlsOrchd, int]]) -> None:
     _, port = redirecting(max_connections=2, header_timeout=30)
