@@ -24,6 +24,7 @@ async def root(request: web.Request) -> web.Response:
             "health": "/health",
             "health_status": "/health/status",
             "registry": "/registry/endpoints",
+            "consumers": "/consumers",
             "circuit_breakers": "/health/circuit-breakers",
             "config": "/config/status",
             "router": "/router/routes",

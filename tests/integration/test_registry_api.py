@@ -379,6 +379,7 @@ async def test_root_map(env: Env, http: aiohttp.ClientSession) -> None:
     assert body["routes"]["proxy"] == "/orchestrator/{endpoint_id}/{path}"
     assert body["routes"]["registry"] == "/registry/endpoints"
     assert body["routes"]["health"] == "/health"
+    assert body["routes"]["consumers"] == "/consumers"
 
 
 async def test_health_and_ready(env: Env, http: aiohttp.ClientSession) -> None:
