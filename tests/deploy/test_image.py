@@ -95,16 +95,20 @@ class Container:
         # mounts in place (seen here about one start in ten): orchd then writes its state into
         # the container's own layer, and what the volume promises cannot be checked. A start
         # counts only once orchd's lock and control socket are seen on the host; otherwise the
-        # working container is replaced and started again (at most 3 tries, each logged).
-        for attempt in range(1, 4):
+        # working container is replaced and started again (at most 5 tries, each logged with
+        # what was seen).
+        why = ""
+        for attempt in range(1, 6):
             self._run()
-            if self._mounted():
+            why = self._unmounted()
+            if not why:
                 return self
             print(f"{self.name}: the volumes were not mounted in the container "
-                  f"(try {attempt}); starting a new one", file=sys.stderr)
+                  f"(try {attempt}: {why}); starting a new one", file=sys.stderr)
             self.remove()
+            time.sleep(attempt)
             self.name = buildah("from", "--pull-never", IMAGE)
-        raise AssertionError("buildah run never mounted the state and runtime volumes")
+        raise AssertionError(f"buildah run never mounted the state and runtime volumes: {why}")
 
     def _run(self) -> None:
         argv = (self.config.get("Entrypoint") or []) + (self.config.get("Cmd") or [])
@@ -117,23 +121,25 @@ class Container:
                    what="orchd in the container to answer /health")
         assert self.proc.poll() is None, self.log.read_text()[-3000:]
 
-    def _mounted(self) -> bool:
-        """The running orchd sees the host's two directories at /var/lib/orchd and
-        /run/orchd: the same device and inode through its own root (/proc/PID/root). A
-        mount point alone is not enough: the image declares both as volumes, and without
-        the bind mounts they are empty volumes of their own. (Nothing is written: once
-        orchd made the state directory its own, 0700, root here may not write into it.)"""
+    def _unmounted(self) -> str:
+        """Why the running orchd does not see the host's two directories at /var/lib/orchd
+        and /run/orchd (the same device and inode through its own root, /proc/PID/root);
+        empty when it does. A mount point alone is not enough: the image declares both as
+        volumes, and without the bind mounts they are empty volumes of their own. (Nothing
+        is written: once orchd made the state directory its own, 0700, root here may not
+        write into it.)"""
         pid = self._orchd_pid()
         if pid is None:
-            return False
-        try:
-            for host, inside in ((self.state, "var/lib/orchd"), (self.rundir, "run/orchd")):
+            return "no orchd process below buildah's"
+        for host, inside in ((self.state, "var/lib/orchd"), (self.rundir, "run/orchd")):
+            try:
                 seen, there = os.stat(host), os.stat(f"/proc/{pid}/root/{inside}")
-                if (seen.st_dev, seen.st_ino) != (there.st_dev, there.st_ino):
-                    return False
-        except OSError:
-            return False
-        return True
+            except OSError as exc:
+                return f"orchd {pid}: {exc}"
+            if (seen.st_dev, seen.st_ino) != (there.st_dev, there.st_ino):
+                return (f"orchd {pid}: /{inside} is device {there.st_dev} inode {there.st_ino}, "
+                        f"the host's {host} {seen.st_dev}/{seen.st_ino}")
+        return ""
 
     def _orchd_pid(self) -> int | None:
         """The orchd process below this container's buildah process."""
