@@ -52,9 +52,9 @@ def request_refusal(target: str, version: tuple[int, int] | None,
                     coding: str | None = None) -> Refusal | None:
     """Why a request must be refused although it parses, if it must: ``version`` is None
     for a request line without one (HTTP/0.9), ``coding`` its ``Transfer-Encoding``."""
-    if version is None or version == (0, 9):  # a major version other than 1, as 2.0 is
+    if version is None:
         return 505, "HTTP/0.9 requests are not supported; send HTTP/1.1"
-    if version[0] != 1:
+    if version[0] != 1:  # HTTP/0.9 with its version written out, 2.0, 3.0
         return 505, (f"HTTP/{version[0]}.{version[1]} is not supported on this port; "
                      "send HTTP/1.1")
     if "#" in target:

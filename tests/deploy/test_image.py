@@ -94,7 +94,7 @@ class Container:
         # `buildah run --isolation chroot` now and then starts the command without its bind
         # mounts in place (seen here about one start in ten): orchd then writes its state into
         # the container's own layer, and what the volume promises cannot be checked. A start
-        # counts only once orchd's lock and control socket are seen on the host; otherwise the
+        # counts only once orchd sees the host's directories (``_unmounted``); otherwise the
         # working container is replaced and started again (at most 5 tries, each logged with
         # what was seen).
         why = ""
@@ -318,12 +318,12 @@ def test_the_image_runs_the_checkouts_code(containers) -> None:
     sources = sorted(p.relative_to(ROOT).as_posix() for package in ("orchd", "orchctl")
                      for p in (ROOT / package).rglob("*.py"))
     expected = [hashlib.sha256((ROOT / s).read_bytes()).hexdigest() for s in sources]
-    site = "/opt/orchd/lib/python3.11/site-packages"
     c = containers()
-    found = c.exec("python", "-c", "import hashlib, pathlib, sys\n"
-                   "for s in sys.argv[2:]:\n"
-                   "    p = pathlib.Path(sys.argv[1], s)\n"
+    found = c.exec("python", "-c", "import hashlib, pathlib, sys, orchd\n"
+                   "site = pathlib.Path(orchd.__file__).parent.parent\n"
+                   "for s in sys.argv[1:]:\n"
+                   "    p = site / s\n"
                    "    print(hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else '-')",
-                   site, *sources).stdout.split()
+                   *sources).stdout.split()
     stale = [s for s, want, got in zip(sources, expected, found, strict=True) if want != got]
     assert not stale, f"the image's copies differ from the checkout: {stale}"
