@@ -216,8 +216,12 @@ class Daemon:
         )
         # The endpoints' auth, rate limits and CORS, hung on each snapshot's routes; JWK Sets
         # are fetched through the same session (allowed_upstreams applies to them too).
+        # With server.workers the supervisor serves the connections the workers relay to it
+        # (WebSocket upgrades, Expect: 100-continue): it takes a worker's share of each rate,
+        # as every connection does, not the whole rate on top of the workers' shares.
         guards = GuardPool(JwksRegistry(aiohttp_fetch(self._session)), state.store.consumers,
-                           getattr(state.store, "instances", None))
+                           getattr(state.store, "instances", None),
+                           workers=self.boot.worker_count())
         state.guards = guards
         state.registry.on_swap.append(guards.sync)
         guards.sync(state.registry.snapshot)

@@ -329,3 +329,19 @@ async def test_a_rate_limit_holds_for_the_instance_not_per_worker(orchd_factory,
     assert len(passed) == WORKERS, passed
     assert 10 <= sum(passed.values()) <= 12, passed  # not 20: once for the instance
     assert limits == {"5"}, limits  # each worker's share
+
+    # A request the workers relay to the supervisor (Expect: 100-continue) meets a worker's
+    # share there too, not the whole rate again on top of the workers'.
+    relayed: list[int] = []
+    relayed_limits = set()
+    for _ in range(10):
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with (aiohttp.ClientSession(connector=connector) as session,
+                    session.post(f"{daemon.url}/orchestrator/svc/x", data=b"{}",
+                                 expect100=True, headers={"X-Tenant": "acme"}) as r):
+            await r.read()
+            assert r.status in (200, 429), r.status
+            relayed.append(r.status)
+            relayed_limits.add(r.headers.get("RateLimit-Limit"))
+    assert relayed_limits == {"5"}, relayed_limits
+    assert 1 <= relayed.count(200) <= 6, relayed
