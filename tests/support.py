@@ -177,7 +177,7 @@ class Orchd:
 
     def __init__(self, config: dict[str, Any] | str, workdir: Path | None = None,
                  env: dict[str, str] | None = None, extra_args: list[str] | None = None,
-                 port: int | None = None) -> None:
+                 port: int | None = None, cwd: Path | None = None) -> None:
         self.dir = workdir or short_tmpdir()
         self.dir.mkdir(parents=True, exist_ok=True)
         self.config_path = self.dir / "orchestrator.yaml"
@@ -188,6 +188,9 @@ class Orchd:
         self.log_path = self.dir / "orchd.log"
         self.env = env or {}
         self.extra_args = extra_args or []
+        # A working directory of its own: orchd runs as an operator runs it, the installed
+        # script (``python -m`` would put the working directory on its module path).
+        self.cwd = cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -201,7 +204,9 @@ class Orchd:
         os.replace(tmp, self.config_path)
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "orchd", "--config", str(self.config_path),
+        program = ([str(Path(sys.executable).parent / "orchd")] if self.cwd is not None
+                   else [sys.executable, "-m", "orchd"])
+        return [*program, "--config", str(self.config_path),
                 "--port", str(self.port), "--state-dir", str(self.state_dir),
                 "--control-socket", str(self.socket), *self.extra_args]
 
@@ -210,7 +215,7 @@ class Orchd:
         env.pop("CONFIG_PATH", None)
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
-                                     env=env, cwd=str(ROOT), start_new_session=True)
+                                     env=env, cwd=str(self.cwd or ROOT), start_new_session=True)
         if wait:
             self.wait_ready(timeout)
         return self

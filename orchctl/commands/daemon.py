@@ -91,7 +91,9 @@ def _tail(path: Path) -> list[str]:
 
 
 def _command(config_path: str | None, session: Session) -> list[str]:
-    cmd = [sys.executable, "-m", "orchd"]
+    # -P: "python -m" would put the working directory first on orchd's module path, where
+    # any module named like one it imports would be run instead.
+    cmd = [sys.executable, "-P", "-m", "orchd"]
     if config_path:
         cmd += ["--config", config_path]
     if session.socket_explicit:

@@ -27,8 +27,11 @@ import contextlib
 import multiprocessing
 import os
 import socket
+import sys
+import threading
 import time
 from collections.abc import Callable
+from multiprocessing import forkserver
 from typing import TYPE_CHECKING, Any
 
 from orchd.log import server_logger
@@ -52,6 +55,42 @@ RESPAWN_BACKOFF = 1.0  # seconds between two starts of a worker that keeps dying
 
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(["orchd.workers.worker"])
+_spawn_lock = threading.Lock()
+
+
+def _own_path() -> list[str]:
+    """The entries of this process's module path in front of the standard library's (what
+    ``PYTHONPATH``, ``-m`` or a script's directory put there), the empty one (the working
+    directory) left out."""
+    stdlib = os.path.dirname(os.__file__)
+    front = sys.path[:sys.path.index(stdlib)] if stdlib in sys.path else sys.path
+    return [path for path in front if path]
+
+
+def _start_process(process: ForkServerProcess) -> None:
+    """``process.start()``, the fork server (and multiprocessing's resource tracker)
+    started first on the supervisor's own module path.
+
+    Both are new interpreters started with ``python -c``, whose module path begins with
+    the working directory, and Python 3.11's fork server does not take its parent's path:
+    a directory or file in the working directory named like a module they import
+    (``multiprocessing``, ``orchd``, ``aiohttp``...) would be imported and run in orchd's
+    processes. ``PYTHONSAFEPATH`` keeps the working directory off their path and
+    ``PYTHONPATH`` gives them what the supervisor's path has in front of the standard
+    library. A fork server that died is started again the same way."""
+    with _spawn_lock:
+        saved = {name: os.environ.get(name) for name in ("PYTHONSAFEPATH", "PYTHONPATH")}
+        os.environ["PYTHONSAFEPATH"] = "1"
+        os.environ["PYTHONPATH"] = os.pathsep.join(_own_path())
+        try:
+            forkserver.ensure_running()
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+    process.start()
 
 
 def bind_public(host: str, port: int, count: int,
@@ -165,7 +204,7 @@ class WorkerSet:
         worker.ready = loop.create_future()
         worker.started = time.monotonic()
         try:
-            await asyncio.to_thread(process.start)
+            await asyncio.to_thread(_start_process, process)
         finally:
             theirs.close()
             relay_theirs.close()

@@ -22,8 +22,11 @@ from tests.support import ROOT, Orchd, base_config, free_port, short_tmpdir, wai
 
 
 def orchctl(*args: str, sock: Path | str | None = None, env: dict[str, str] | None = None,
-            timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    cmd = [sys.executable, "-m", "orchctl"]
+            timeout: float = 60, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed orchctl; from ``cwd``, as an operator runs it: the script (``python -m``
+    would put the working directory on its module path)."""
+    cmd = ([str(Path(sys.executable).parent / "orchctl")] if cwd is not None
+           else [sys.executable, "-m", "orchctl"])
     if sock is not None:
         cmd += ["--socket", str(sock)]
     full_env = {**os.environ, **(env or {})}
@@ -31,7 +34,7 @@ def orchctl(*args: str, sock: Path | str | None = None, env: dict[str, str] | No
         full_env.pop("ORCHCTL_SOCKET", None)
     full_env.pop("CONFIG_PATH", None)
     return subprocess.run([*cmd, *args], capture_output=True, text=True, env=full_env,
-                          cwd=str(ROOT), timeout=timeout)
+                          cwd=str(cwd or ROOT), timeout=timeout)
 
 
 @dataclass
@@ -372,6 +375,34 @@ def test_start_status_stop(cli: Cli) -> None:
         assert _alive(pid)
         stopped = as_json(ok(cli("--json", "stop", sock=sock)))
         assert stopped["pid"] == pid and not _alive(pid)
+    finally:
+        if pid is not None and _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        import shutil
+
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def test_start_runs_nothing_from_the_working_directory(cli: Cli) -> None:
+    """orchctl start runs orchd with ``python -m``, which puts the working directory first on
+    the module path: a module there named like one orchd imports ran inside orchd."""
+    work = short_tmpdir()
+    cwd = work / "cwd"
+    cwd.mkdir()
+    marker = work / "imported"
+    (cwd / "aiohttp.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    sock = work / "orchd.sock"
+    cfg = work / "orchestrator.yaml"
+    cfg.write_text(yaml.safe_dump(base_config(
+        ECHO, server={"port": free_port(), "state_dir": str(work / "state")})))
+    pid = None
+    try:
+        proc = orchctl("start", "--config", str(cfg), "--log-file", str(work / "o.log"),
+                       sock=sock, cwd=cwd)
+        assert not marker.exists(), "a module in the working directory was imported"
+        pid = int(ok(proc).stdout.strip())
+        assert f"pid {pid}" in ok(cli("stop", sock=sock)).stdout
     finally:
         if pid is not None and _alive(pid):
             with contextlib.suppress(ProcessLookupError):

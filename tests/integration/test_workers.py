@@ -345,3 +345,24 @@ async def test_a_rate_limit_holds_for_the_instance_not_per_worker(orchd_factory,
             relayed_limits.add(r.headers.get("RateLimit-Limit"))
     assert relayed_limits == {"5"}, relayed_limits
     assert 1 <= relayed.count(200) <= 6, relayed
+
+
+async def test_nothing_is_imported_from_the_working_directory(
+        orchd_factory, upstream_factory, tmp_path: Path) -> None:
+    """The fork server and multiprocessing's resource tracker are new interpreters started
+    with ``python -c``, whose module path begins with the working directory: a package there
+    named like one they import ran inside orchd. Two such directories: ``multiprocessing``
+    (ran code at every start) and ``orchd/state`` (with an editable install, it took the
+    place of orchd's own package in the fork server, and the workers never started)."""
+    cwd = tmp_path / "cwd"
+    marker = tmp_path / "imported"
+    (cwd / "multiprocessing").mkdir(parents=True)
+    (cwd / "multiprocessing" / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n")
+    (cwd / "orchd" / "state").mkdir(parents=True)
+    up = await upstream_factory()
+    daemon = orchd_factory(base_config(endpoint("svc", up.url), server={"workers": WORKERS}),
+                           cwd=cwd)
+    assert len(worker_pids(daemon)) == WORKERS
+    await every_worker(f"{daemon.url}/orchestrator/svc/x", lambda s, b: s == 200)
+    assert not marker.exists(), "a module in orchd's working directory was imported"
