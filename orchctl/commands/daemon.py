@@ -105,6 +105,11 @@ def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     for key in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES", "NOTIFY_SOCKET"):
         env.pop(key, None)
+    # orchd runs with -P: what put orchctl's own modules on its path (PYTHONPATH, or
+    # ``python -m orchctl`` in a source tree) is given to orchd the same way.
+    stdlib = os.path.dirname(os.__file__)
+    front = sys.path[:sys.path.index(stdlib)] if stdlib in sys.path else []
+    env["PYTHONPATH"] = os.pathsep.join(path for path in front if path)
     return env
 
 
