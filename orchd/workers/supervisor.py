@@ -68,8 +68,8 @@ def _own_path() -> list[str]:
 
 
 def _start_process(process: ForkServerProcess) -> None:
-    """``process.start()``, the fork server (and multiprocessing's resource tracker)
-    started first on the supervisor's own module path.
+    """``process.start()``, with the fork server (and multiprocessing's resource tracker)
+    started on the supervisor's own module path.
 
     Both are new interpreters started with ``python -c``, whose module path begins with
     the working directory, and Python 3.11's fork server does not take its parent's path:
@@ -84,13 +84,13 @@ def _start_process(process: ForkServerProcess) -> None:
         os.environ["PYTHONPATH"] = os.pathsep.join(_own_path())
         try:
             forkserver.ensure_running()
+            process.start()  # starts the fork server again if it died meanwhile
         finally:
             for name, value in saved.items():
                 if value is None:
                     os.environ.pop(name, None)
                 else:
                     os.environ[name] = value
-    process.start()
 
 
 def bind_public(host: str, port: int, count: int,
