@@ -366,3 +366,29 @@ async def test_nothing_is_imported_from_the_working_directory(
     assert len(worker_pids(daemon)) == WORKERS
     await every_worker(f"{daemon.url}/orchestrator/svc/x", lambda s, b: s == 200)
     assert not marker.exists(), "a module in orchd's working directory was imported"
+
+    # A fork server that died is started again on the same path: its workers went with it
+    # (their exit status came through it), and their successors come from the new one.
+    assert daemon.proc is not None
+    fork_server = fork_server_of(daemon.proc.pid)
+    os.kill(fork_server, signal.SIGKILL)
+    wait_until(lambda: daemon.log().count("replaced by pid") >= WORKERS, 20,
+               what="both workers replaced")
+    assert fork_server_of(daemon.proc.pid) != fork_server
+    await every_worker(f"{daemon.url}/orchestrator/svc/x", lambda s, b: s == 200)
+    assert not marker.exists(), "a module in orchd's working directory was imported"
+
+
+def fork_server_of(supervisor: int) -> int:
+    """The pid of the supervisor's fork server (its child running multiprocessing's)."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (proc / "cmdline").read_bytes()
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == supervisor and b"multiprocessing.forkserver" in cmdline:
+            return int(proc.name)
+    raise AssertionError(f"no fork server among the children of {supervisor}")
