@@ -31,7 +31,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from multiprocessing import forkserver
 from typing import TYPE_CHECKING, Any
 
 from orchd.log import server_logger
@@ -63,13 +62,13 @@ def _own_path() -> list[str]:
     ``PYTHONPATH``, ``-m`` or a script's directory put there), the empty one (the working
     directory) left out."""
     stdlib = os.path.dirname(os.__file__)
-    front = sys.path[:sys.path.index(stdlib)] if stdlib in sys.path else sys.path
+    front = sys.path[:sys.path.index(stdlib)] if stdlib in sys.path else []
     return [path for path in front if path]
 
 
 def _start_process(process: ForkServerProcess) -> None:
-    """``process.start()``, with the fork server (and multiprocessing's resource tracker)
-    started on the supervisor's own module path.
+    """``process.start()``, which starts the fork server (and multiprocessing's resource
+    tracker) when none runs, on the supervisor's own module path.
 
     Both are new interpreters started with ``python -c``, whose module path begins with
     the working directory, and Python 3.11's fork server does not take its parent's path:
@@ -83,8 +82,7 @@ def _start_process(process: ForkServerProcess) -> None:
         os.environ["PYTHONSAFEPATH"] = "1"
         os.environ["PYTHONPATH"] = os.pathsep.join(_own_path())
         try:
-            forkserver.ensure_running()
-            process.start()  # starts the fork server again if it died meanwhile
+            process.start()
         finally:
             for name, value in saved.items():
                 if value is None:
